@@ -1,0 +1,78 @@
+"""Regenerate `client/tether/v1` from `protos/` (the only way that code is written).
+
+Usage: python scripts/generate_protos.py [--check]
+
+With --check, generate into a temporary folder and exit 1 if the checked-in
+code differs (CI runs this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc_tools
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "protos"
+THIRD_PARTY = ROOT / "third_party" / "googleapis"
+OUTPUT = ROOT / "client"
+PACKAGE_DIR = Path("tether") / "v1"
+WKT_INCLUDE = Path(grpc_tools.__file__).parent / "_proto"
+
+
+def generate(out_root: Path) -> None:
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{THIRD_PARTY}",
+        f"-I{WKT_INCLUDE}",
+        f"--python_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        f"--mypy_out={out_root}",
+        f"--mypy_grpc_out={out_root}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    init = out_root / PACKAGE_DIR / "__init__.py"
+    init.write_text('"""Generated wire types and stubs of the tether.v1 API. Do not edit."""\n')
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__"])
+    diffs = [*cmp.left_only, *cmp.right_only]
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return sorted(diffs + mismatch + errors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if the checked-in code is stale")
+    check = parser.parse_args().check
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp)
+        generate(fresh)
+        target = OUTPUT / PACKAGE_DIR
+        if check:
+            stale = differences(fresh / PACKAGE_DIR, target) if target.exists() else ["(missing)"]
+            if stale:
+                print(f"generated code in {target} is stale: {', '.join(stale)}", file=sys.stderr)
+                print("run: python scripts/generate_protos.py", file=sys.stderr)
+                return 1
+            print("generated code is fresh")
+            return 0
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(fresh / PACKAGE_DIR, target)
+        print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
