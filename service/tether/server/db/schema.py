@@ -1,0 +1,228 @@
+"""SQLAlchemy Core tables: the one schema for SQLite and PostgreSQL.
+
+Every key leads with `namespace`, so the schema can be distributed by
+namespace (Citus) without a redesign. Uniqueness that the contract promises is
+enforced here by (partial) unique indexes, never by select-then-insert.
+Alembic migrations in `tether.server.db.migrations` create exactly this.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases.
+
+    PostgreSQL stores `timestamptz`; SQLite has no timezone type, so values are
+    stored as naive UTC (fixed-width ISO strings that sort correctly) and come
+    back aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSON on SQLite, JSONB on PostgreSQL.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+ID = String(63)
+UID = String(36)
+
+
+def _ts(name: str, nullable: bool = False) -> Column[Any]:
+    return Column(name, UTCDateTime(), nullable=nullable)
+
+
+naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=naming_convention)
+
+namespaces = Table(
+    "namespaces",
+    metadata,
+    Column("namespace", ID, primary_key=True),
+    Column("uid", UID, nullable=False, unique=True),
+    Column("display_name", Text, nullable=False, server_default=""),
+    Column("labels", JSONType, nullable=False),
+    _ts("create_time"),
+    _ts("update_time"),
+    # Row version: bumped by every write; the etag is derived from it.
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("namespace", ID, primary_key=True),
+    Column("participant", ID, primary_key=True),
+    Column("uid", UID, nullable=False, unique=True),
+    Column("kind", SmallInteger, nullable=False),
+    Column("display_name", Text, nullable=False, server_default=""),
+    Column("avatar_uri", Text, nullable=False, server_default=""),
+    # NULL when the caller gave none, so it stays out of the unique index.
+    Column("external_id", Text, nullable=True),
+    Column("labels", JSONType, nullable=False),
+    Column("metadata", JSONType, nullable=True),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("managed", Boolean, nullable=False, server_default=text("false")),
+    _ts("create_time"),
+    _ts("update_time"),
+    _ts("delete_time", nullable=True),
+    _ts("purge_time", nullable=True),
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+    ForeignKeyConstraint(["namespace"], ["namespaces.namespace"], ondelete="CASCADE"),
+)
+
+# external_id is unique per namespace + kind among participants not deleted.
+participants_live_external_id = Index(
+    "uq_participants_live_external_id",
+    participants.c.namespace,
+    participants.c.kind,
+    participants.c.external_id,
+    unique=True,
+    sqlite_where=text("delete_time IS NULL AND external_id IS NOT NULL"),
+    postgresql_where=text("delete_time IS NULL AND external_id IS NOT NULL"),
+)
+Index("ix_participants_create_time", participants.c.namespace, participants.c.create_time, participants.c.uid)
+Index("ix_participants_update_time", participants.c.namespace, participants.c.update_time, participants.c.uid)
+Index(
+    "ix_participants_display_name", participants.c.namespace, participants.c.display_name, participants.c.uid
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("namespace", ID, primary_key=True),
+    Column("session", ID, primary_key=True),
+    Column("uid", UID, nullable=False, unique=True),
+    Column("kind", SmallInteger, nullable=False),
+    Column("display_name", Text, nullable=False, server_default=""),
+    Column("description", Text, nullable=False, server_default=""),
+    # Participant ids in the same namespace (the FKs below make a
+    # cross-namespace reference impossible).
+    Column("agent", ID, nullable=False),
+    Column("user", ID, nullable=True),
+    Column("peer_agent", ID, nullable=True),
+    # "<low>/<high>" participant ids of an AGENT_TO_AGENT session: makes the
+    # unordered pair a plain unique key on both databases.
+    Column("agent_pair", Text, nullable=True),
+    Column("channel", String(32), nullable=False),
+    Column("external_conversation_id", Text, nullable=True),
+    Column("group_name", Text, nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("managed", Boolean, nullable=False, server_default=text("false")),
+    Column("auto_created", Boolean, nullable=False, server_default=text("false")),
+    Column("labels", JSONType, nullable=False),
+    Column("session_state", JSONType, nullable=True),
+    _ts("create_time"),
+    _ts("update_time"),
+    _ts("last_activity_time"),
+    _ts("expire_time", nullable=True),
+    _ts("delete_time", nullable=True),
+    _ts("purge_time", nullable=True),
+    Column("member_count", Integer, nullable=False, server_default=text("0")),
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+    ForeignKeyConstraint(["namespace"], ["namespaces.namespace"], ondelete="CASCADE"),
+    ForeignKeyConstraint(
+        ["namespace", "agent"], ["participants.namespace", "participants.participant"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["namespace", "user"], ["participants.namespace", "participants.participant"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["namespace", "peer_agent"],
+        ["participants.namespace", "participants.participant"],
+        ondelete="CASCADE",
+    ),
+)
+
+# One live session per agent + channel + external conversation id.
+sessions_live_conversation = Index(
+    "uq_sessions_live_conversation",
+    sessions.c.namespace,
+    sessions.c.agent,
+    sessions.c.channel,
+    sessions.c.external_conversation_id,
+    unique=True,
+    sqlite_where=text("delete_time IS NULL AND external_conversation_id IS NOT NULL"),
+    postgresql_where=text("delete_time IS NULL AND external_conversation_id IS NOT NULL"),
+)
+# One live AGENT_TO_AGENT session per unordered agent pair.
+sessions_live_agent_pair = Index(
+    "uq_sessions_live_agent_pair",
+    sessions.c.namespace,
+    sessions.c.agent_pair,
+    unique=True,
+    sqlite_where=text("delete_time IS NULL AND agent_pair IS NOT NULL"),
+    postgresql_where=text("delete_time IS NULL AND agent_pair IS NOT NULL"),
+)
+# Keyset pagination: one index per order_by key, uid breaks ties.
+Index("ix_sessions_last_activity_time", sessions.c.namespace, sessions.c.last_activity_time, sessions.c.uid)
+Index("ix_sessions_create_time", sessions.c.namespace, sessions.c.create_time, sessions.c.uid)
+Index("ix_sessions_update_time", sessions.c.namespace, sessions.c.update_time, sessions.c.uid)
+Index("ix_sessions_display_name", sessions.c.namespace, sessions.c.display_name, sessions.c.uid)
+Index("ix_sessions_agent", sessions.c.namespace, sessions.c.agent)
+Index("ix_sessions_user", sessions.c.namespace, sessions.c.user)
+Index("ix_sessions_expire_time", sessions.c.expire_time)
+Index("ix_sessions_purge_time", sessions.c.purge_time)
+
+members = Table(
+    "members",
+    metadata,
+    Column("namespace", ID, primary_key=True),
+    Column("session", ID, primary_key=True),
+    Column("participant", ID, primary_key=True),
+    Column("role", SmallInteger, nullable=False),
+    _ts("join_time"),
+    _ts("update_time"),
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+    ForeignKeyConstraint(
+        ["namespace", "session"], ["sessions.namespace", "sessions.session"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["namespace", "participant"],
+        ["participants.namespace", "participants.participant"],
+        ondelete="CASCADE",
+    ),
+)
+# `member = "<participant>"` filters and "sessions of a participant".
+Index("ix_members_participant", members.c.namespace, members.c.participant)
