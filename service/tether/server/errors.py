@@ -64,11 +64,10 @@ class ApiError(Exception):
         return ((STATUS_DETAILS_KEY, self.to_status().SerializeToString()),)
 
 
-def invalid_argument(violations: Sequence[FieldViolation], message: str | None = None) -> ApiError:
+def invalid_argument(violations: Sequence[FieldViolation], reason: str = "INVALID_ARGUMENT") -> ApiError:
     """Bad input: names every bad field at once."""
-    if message is None:
-        message = "; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid argument"
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", message, violations=violations)
+    message = "; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid argument"
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, violations=violations)
 
 
 def bad_field(field_path: str, description: str, reason: str = "INVALID_ARGUMENT") -> ApiError:
@@ -99,6 +98,10 @@ def already_exists(resource_name: str, what: str = "resource", message: str | No
 
 def failed_precondition(reason: str, message: str, **metadata: str) -> ApiError:
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, metadata=metadata)
+
+
+def aborted(reason: str, message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.ABORTED, reason, message)
 
 
 def unimplemented(method: str, message: str) -> ApiError:

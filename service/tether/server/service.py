@@ -1,21 +1,387 @@
-"""gRPC handlers of tether.v1.SessionService (placeholder until the domain lands).
+"""gRPC handlers of tether.v1.SessionService.
 
-`build_servicer(engine, settings)` is what the server assembly (app.py) calls.
+Each handler parses names, validates the request (collecting every bad field),
+calls the data layer and converts rows back to messages. Errors are raised as
+`ApiError`; the server interceptor turns them into rich statuses.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any, TypeAlias
 
+import grpc
+from google.protobuf import empty_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tether.v1 import session_service_pb2_grpc
+
+from tether.server import convert, errors, names
+from tether.server.db import members as member_db
+from tether.server.db import namespaces as namespace_db
+from tether.server.db import participants as participant_db
+from tether.server.db import sessions as session_db
+from tether.server.db.base import Database, utcnow
+from tether.server.domain import masks
+from tether.server.domain import participants as participant_rules
+from tether.server.domain import sessions as session_rules
+from tether.server.domain.validation import MAX_EXTERNAL_ID, Violations
+from tether.server.listing import Lister
+from tether.v1 import (
+    namespace_pb2,
+    participant_pb2,
+    session_pb2,
+    session_service_pb2_grpc,
+)
+from tether.v1 import (
+    session_service_pb2 as pb,
+)
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+ROLES: dict[int, str] = {
+    session_pb2.Member.ROLE_OWNER: "OWNER",
+    session_pb2.Member.ROLE_MEMBER: "MEMBER",
+    session_pb2.Member.ROLE_OBSERVER: "OBSERVER",
+}
+MAX_BATCH = 1000
+
+
+def _mask(request: Any) -> Any:
+    return request.update_mask if request.HasField("update_mask") else None
+
+
+def _new_id(given: str, path: str, v: Violations) -> str:
+    v.id(path, given)
+    return given or str(uuid.uuid4())
 
 
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
-    def __init__(self, engine: AsyncEngine, settings: Any) -> None:
-        self._engine = engine
-        self._settings = settings
+    """The servicer; stateless apart from the database handle."""
+
+    def __init__(self, engine: AsyncEngine, retention: timedelta) -> None:
+        self._db = Database(engine, retention)
+        self._lister = Lister(self._db)
+
+    # Namespaces --------------------------------------------------------
+
+    async def CreateNamespace(
+        self, request: pb.CreateNamespaceRequest, context: Context
+    ) -> namespace_pb2.Namespace:
+        v = Violations()
+        v.id("namespace_id", request.namespace_id, required=True)
+        v.request_id("request_id", request.request_id)
+        v.text("namespace.display_name", request.namespace.display_name, 200)
+        v.labels("namespace.labels", request.namespace.labels)
+        v.check()
+        now = utcnow()
+        values = {
+            "namespace": request.namespace_id,
+            "uid": str(uuid.uuid4()),
+            "display_name": request.namespace.display_name,
+            "labels": dict(request.namespace.labels),
+            "create_time": now,
+            "update_time": now,
+            "version": 1,
+        }
+        if request.validate_only:
+            return convert.namespace_to_proto(values)
+        return convert.namespace_to_proto(await namespace_db.create(self._db, values))
+
+    async def GetNamespace(
+        self, request: pb.GetNamespaceRequest, context: Context
+    ) -> namespace_pb2.Namespace:
+        namespace = names.parse_namespace(request.name)
+        return convert.namespace_to_proto(await namespace_db.get(self._db, namespace))
+
+    async def ListNamespaces(
+        self, request: pb.ListNamespacesRequest, context: Context
+    ) -> pb.ListNamespacesResponse:
+        rows, token = await self._lister.namespaces(request.page_size, request.page_token)
+        return pb.ListNamespacesResponse(
+            namespaces=[convert.namespace_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def DeleteNamespace(self, request: pb.DeleteNamespaceRequest, context: Context) -> empty_pb2.Empty:
+        namespace = names.parse_namespace(request.name)
+        await namespace_db.delete_namespace(self._db, namespace, force=request.force)
+        return empty_pb2.Empty()
+
+    # Participants ------------------------------------------------------
+
+    def _new_participant(
+        self, namespace: str, participant_id: str, p: participant_pb2.Participant, v: Violations
+    ) -> dict[str, Any]:
+        v.enum("participant.kind", p.kind, participant_rules.KINDS)
+        participant_rules.check_fields(p, "participant", v)
+        now = utcnow()
+        return {
+            "namespace": namespace,
+            "participant": participant_id,
+            "uid": str(uuid.uuid4()),
+            "kind": p.kind,
+            "create_time": now,
+            "update_time": now,
+            **participant_rules.column_values(p, participant_rules.RULES.mutable),
+        }
+
+    async def CreateParticipant(
+        self, request: pb.CreateParticipantRequest, context: Context
+    ) -> participant_pb2.Participant:
+        namespace = names.parse_namespace(request.parent, "parent")
+        v = Violations()
+        participant_id = _new_id(request.participant_id, "participant_id", v)
+        v.request_id("request_id", request.request_id)
+        values = self._new_participant(namespace, participant_id, request.participant, v)
+        v.check()
+        if request.validate_only:
+            await namespace_db.get(self._db, namespace)
+            return convert.participant_to_proto(
+                {**values, "delete_time": None, "purge_time": None, "version": 1}
+            )
+        return convert.participant_to_proto(await participant_db.create(self._db, values))
+
+    async def GetParticipant(
+        self, request: pb.GetParticipantRequest, context: Context
+    ) -> participant_pb2.Participant:
+        ref = names.parse_participant(request.name)
+        return convert.participant_to_proto(
+            await participant_db.get(self._db, ref.namespace, ref.participant)
+        )
+
+    async def ListParticipants(
+        self, request: pb.ListParticipantsRequest, context: Context
+    ) -> pb.ListParticipantsResponse:
+        namespace = names.parse_namespace(request.parent, "parent")
+        rows, token = await self._lister.participants(namespace, request)
+        return pb.ListParticipantsResponse(
+            participants=[convert.participant_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateParticipant(
+        self, request: pb.UpdateParticipantRequest, context: Context
+    ) -> participant_pb2.Participant:
+        p = request.participant
+        ref = names.parse_participant(p.name, "participant.name")
+        mask = masks.resolve(p, _mask(request), participant_rules.RULES, "participant")
+        v = Violations()
+        participant_rules.check_fields(p, "participant", v, mask.mutable)
+        v.check()
+        values = participant_rules.column_values(p, mask.mutable)
+        kind = p.kind if "kind" in mask.immutable else None
+        row = await participant_db.update_participant(self._db, ref.namespace, ref.participant, values, kind)
+        return convert.participant_to_proto(row)
+
+    async def DeleteParticipant(
+        self, request: pb.DeleteParticipantRequest, context: Context
+    ) -> participant_pb2.Participant:
+        ref = names.parse_participant(request.name)
+        return convert.participant_to_proto(
+            await participant_db.soft_delete(self._db, ref.namespace, ref.participant)
+        )
+
+    async def UndeleteParticipant(
+        self, request: pb.UndeleteParticipantRequest, context: Context
+    ) -> participant_pb2.Participant:
+        ref = names.parse_participant(request.name)
+        return convert.participant_to_proto(
+            await participant_db.undelete(self._db, ref.namespace, ref.participant)
+        )
+
+    async def FindOrCreateParticipant(
+        self, request: pb.FindOrCreateParticipantRequest, context: Context
+    ) -> pb.FindOrCreateParticipantResponse:
+        namespace = names.parse_namespace(request.parent, "parent")
+        v = Violations()
+        v.enum("kind", request.kind, participant_rules.KINDS)
+        v.text("external_id", request.external_id, MAX_EXTERNAL_ID, required=True)
+        v.request_id("request_id", request.request_id)
+        template = participant_pb2.Participant()
+        template.CopyFrom(request.participant)
+        for field, key_value in (("kind", request.kind), ("external_id", request.external_id)):
+            current = getattr(template, field)
+            if current and current != key_value:
+                v.add(f"participant.{field}", f"contradicts {field} ({key_value!r})")
+        template.kind, template.external_id = request.kind, request.external_id
+        values = self._new_participant(namespace, str(uuid.uuid4()), template, v)
+        v.check()
+        row, created = await participant_db.find_or_create(self._db, values)
+        return pb.FindOrCreateParticipantResponse(
+            participant=convert.participant_to_proto(row), created=created
+        )
+
+    # Sessions ----------------------------------------------------------
+
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> session_pb2.Session:
+        namespace = names.parse_namespace(request.parent, "parent")
+        v = Violations()
+        session_id = _new_id(request.session_id, "session_id", v)
+        v.request_id("request_id", request.request_id)
+        new = session_rules.new_session(namespace, session_id, request.session, "session", v)
+        v.check()
+        row = await session_db.create(self._db, new.values, new.refs, validate_only=request.validate_only)
+        if request.validate_only:
+            row = {**row, "expire_time": row.get("expire_time"), "delete_time": None, "purge_time": None}
+            row.setdefault("version", 1)
+        return convert.session_to_proto(row)
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> session_pb2.Session:
+        ref = names.parse_session(request.name)
+        return convert.session_to_proto(await session_db.get(self._db, ref.namespace, ref.session))
+
+    async def BatchGetSessions(
+        self, request: pb.BatchGetSessionsRequest, context: Context
+    ) -> pb.BatchGetSessionsResponse:
+        namespace = names.parse_namespace(request.parent, "parent")
+        v = Violations()
+        if not request.names:
+            v.add("names", "required")
+        if len(request.names) > MAX_BATCH:
+            v.add("names", f"at most {MAX_BATCH} names")
+        ids: list[str] = []
+        for i, name in enumerate(request.names):
+            try:
+                ref = names.parse_session(name, f"names[{i}]")
+            except errors.ApiError as exc:
+                v.items.extend(exc.violations)
+                continue
+            if ref.namespace != namespace:
+                v.add(f"names[{i}]", f"must be a session of {request.parent!r}")
+            ids.append(ref.session)
+        v.check()
+        rows = await session_db.batch_get(self._db, namespace, ids)
+        return pb.BatchGetSessionsResponse(sessions=[convert.session_to_proto(r) for r in rows])
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        namespace = names.parse_namespace(request.parent, "parent")
+        rows, token = await self._lister.sessions(namespace, request)
+        return pb.ListSessionsResponse(
+            sessions=[convert.session_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateSession(self, request: pb.UpdateSessionRequest, context: Context) -> session_pb2.Session:
+        s = request.session
+        ref = names.parse_session(s.name, "session.name")
+        mask = masks.resolve(s, _mask(request), session_rules.RULES, "session")
+        v = Violations()
+        session_rules.check_update(s, mask, v)
+        unchanged: dict[str, Any] = {}
+        for field in mask.immutable:
+            value = getattr(s, field)
+            if field != "kind":
+                value = session_rules.participant_id(value, ref.namespace, f"session.{field}", v)
+            unchanged[field] = value
+        v.check()
+        values = session_rules.mutable_values(s, mask.mutable, utcnow())
+        row = await session_db.update_session(self._db, ref.namespace, ref.session, values, unchanged)
+        return convert.session_to_proto(row)
+
+    async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> session_pb2.Session:
+        ref = names.parse_session(request.name)
+        return convert.session_to_proto(await session_db.soft_delete(self._db, ref.namespace, ref.session))
+
+    async def UndeleteSession(
+        self, request: pb.UndeleteSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        ref = names.parse_session(request.name)
+        return convert.session_to_proto(await session_db.undelete(self._db, ref.namespace, ref.session))
+
+    async def PurgeSessions(
+        self, request: pb.PurgeSessionsRequest, context: Context
+    ) -> pb.PurgeSessionsResponse:
+        raise errors.unimplemented("PurgeSessions", "PurgeSessions is not implemented yet (planned: issue 3)")
+
+    async def FindOrCreateSession(
+        self, request: pb.FindOrCreateSessionRequest, context: Context
+    ) -> pb.FindOrCreateSessionResponse:
+        namespace = names.parse_namespace(request.parent, "parent")
+        v = Violations()
+        v.request_id("request_id", request.request_id)
+        template = session_rules.template_for_key(request, namespace, v)
+        new = session_rules.new_session(
+            namespace, str(uuid.uuid4()), template, "session", v, auto_created=True
+        )
+        v.check()
+        values = new.values
+        if request.WhichOneof("key") == "agent_pair":
+            target = session_db.agent_pair_target(namespace, values["agent_pair"])
+        else:
+            target = session_db.conversation_target(
+                namespace, values["agent"], values["channel"], values["external_conversation_id"]
+            )
+        row, created = await session_db.find_or_create(
+            self._db, target, values, new.refs, undelete_if_deleted=request.undelete_if_deleted
+        )
+        return pb.FindOrCreateSessionResponse(session=convert.session_to_proto(row), created=created)
+
+    async def RecordActivity(
+        self, request: pb.RecordActivityRequest, context: Context
+    ) -> session_pb2.Session:
+        ref = names.parse_session(request.name)
+        when = utcnow()
+        if request.HasField("activity_time"):
+            v = Violations()
+            v.timestamp("activity_time", request.activity_time)
+            v.check()
+            when = convert.to_datetime(request.activity_time)
+        return convert.session_to_proto(
+            await session_db.record_activity(self._db, ref.namespace, ref.session, when)
+        )
+
+    # Members -----------------------------------------------------------
+
+    async def AddMember(self, request: pb.AddMemberRequest, context: Context) -> session_pb2.Member:
+        ref = names.parse_session(request.parent, "parent")
+        v = Violations()
+        v.request_id("request_id", request.request_id)
+        v.enum("member.role", request.member.role, ROLES, required=False)
+        if not request.member.participant:
+            v.add("member.participant", "required")
+        participant = session_rules.participant_id(
+            request.member.participant, ref.namespace, "member.participant", v
+        )
+        v.check()
+        assert participant is not None
+        role = request.member.role or session_pb2.Member.ROLE_MEMBER
+        row = await member_db.add(self._db, ref.namespace, ref.session, participant, role)
+        return convert.member_to_proto(row)
+
+    async def UpdateMember(self, request: pb.UpdateMemberRequest, context: Context) -> session_pb2.Member:
+        ref = names.parse_member(request.member.name, "member.name")
+        paths = list(request.update_mask.paths) if request.HasField("update_mask") else ["role"]
+        v = Violations()
+        for path in paths:
+            if path not in ("role", "*"):
+                v.add("update_mask", f"{path!r} is not a mutable field of member (only role is)")
+        v.enum("member.role", request.member.role, ROLES)
+        v.check()
+        row = await member_db.update_role(
+            self._db, ref.namespace, ref.session, ref.participant, request.member.role
+        )
+        return convert.member_to_proto(row)
+
+    async def RemoveMember(self, request: pb.RemoveMemberRequest, context: Context) -> empty_pb2.Empty:
+        ref = names.parse_member(request.name)
+        await member_db.remove(self._db, ref.namespace, ref.session, ref.participant)
+        return empty_pb2.Empty()
+
+    async def ListMembers(self, request: pb.ListMembersRequest, context: Context) -> pb.ListMembersResponse:
+        ref = names.parse_session(request.parent, "parent")
+        rows, token = await self._lister.members(ref.namespace, ref.session, request)
+        return pb.ListMembersResponse(
+            members=[convert.member_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def WatchSessions(
+        self, request: pb.WatchSessionsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSessionsResponse]:
+        raise errors.unimplemented(
+            "WatchSessions", "WatchSessions is not implemented yet (planned: a later issue)"
+        )
+        yield  # makes this an async generator, as a server-streaming handler must be
 
 
 def build_servicer(engine: AsyncEngine, settings: Any) -> SessionService:
-    return SessionService(engine, settings)
+    """What the server assembly registers."""
+    return SessionService(engine, settings.retention)

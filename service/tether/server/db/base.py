@@ -1,0 +1,55 @@
+"""What every repository module shares: the engine, dialect-aware inserts,
+transactions and the clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+Row = Mapping[Any, Any]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """The data layer's handle: one engine, SQLite or PostgreSQL."""
+
+    def __init__(self, engine: AsyncEngine, retention: timedelta) -> None:
+        self.engine = engine
+        self.retention = retention
+        self.is_postgresql = engine.dialect.name == "postgresql"
+
+    def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT that supports ON CONFLICT on this dialect."""
+        return postgresql.insert(table) if self.is_postgresql else sqlite.insert(table)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction: committed on success, rolled back on any error."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+
+def constraint_kind(error: Exception) -> str:
+    """`unique`, `foreign_key` or `other` for an IntegrityError on either database."""
+    orig = getattr(error, "orig", error)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code == "23505":
+        return "unique"
+    if code == "23503":
+        return "foreign_key"
+    name = getattr(orig, "sqlite_errorname", "") or ""
+    text = str(orig)
+    if name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY") or "UNIQUE constraint" in text:
+        return "unique"
+    if name == "SQLITE_CONSTRAINT_FOREIGNKEY" or "FOREIGN KEY constraint" in text:
+        return "foreign_key"
+    return "other"

@@ -1,0 +1,55 @@
+"""Namespace statements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, select
+
+from tether.server import errors, names
+from tether.server.db.base import Database, Row
+from tether.server.db.schema import namespaces, participants, sessions
+
+
+async def create(db: Database, values: dict[str, Any]) -> Row:
+    stmt = db.insert(namespaces).values(values).on_conflict_do_nothing().returning(namespaces)
+    async with db.transaction() as conn:
+        row: Row | None = (await conn.execute(stmt)).mappings().first()
+    if row is None:
+        raise errors.already_exists(names.namespace_name(values["namespace"]), "namespace")
+    return row
+
+
+async def get(db: Database, namespace: str) -> Row:
+    async with db.transaction() as conn:
+        row = (
+            (await conn.execute(select(namespaces).where(namespaces.c.namespace == namespace)))
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise errors.not_found(names.namespace_name(namespace), "namespace")
+    return row
+
+
+async def delete_namespace(db: Database, namespace: str, *, force: bool) -> None:
+    """Delete for good, with everything in it; without `force` only an empty
+    namespace (the emptiness test is part of the DELETE statement)."""
+    conditions = [namespaces.c.namespace == namespace]
+    if not force:
+        conditions += [
+            ~exists().where(participants.c.namespace == namespace),
+            ~exists().where(sessions.c.namespace == namespace),
+        ]
+    stmt = delete(namespaces).where(and_(*conditions)).returning(namespaces.c.namespace)
+    async with db.transaction() as conn:
+        if (await conn.execute(stmt)).first() is not None:
+            return
+        found = await conn.execute(select(namespaces.c.namespace).where(namespaces.c.namespace == namespace))
+        if found.first() is None:
+            raise errors.not_found(names.namespace_name(namespace), "namespace")
+    raise errors.failed_precondition(
+        "NAMESPACE_NOT_EMPTY",
+        f"namespace {names.namespace_name(namespace)!r} still holds participants or sessions; set force",
+        resource_name=names.namespace_name(namespace),
+    )

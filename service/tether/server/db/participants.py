@@ -1,0 +1,205 @@
+"""Participant statements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from sqlalchemy import and_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.server import errors, names
+from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.schema import namespaces, participants
+
+# The predicate of the partial unique index on external_id (ON CONFLICT must name it).
+_KEY_WHERE = and_(participants.c.delete_time.is_(None), participants.c.external_id.is_not(None))
+
+
+def _pk(namespace: str, participant: str) -> Any:
+    return and_(participants.c.namespace == namespace, participants.c.participant == participant)
+
+
+def _external_id_taken(external_id: str) -> errors.ApiError:
+    return errors.ApiError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "EXTERNAL_ID_ALREADY_EXISTS",
+        f"a live participant of this kind already has external_id {external_id!r}",
+        metadata={"external_id": external_id},
+    )
+
+
+async def get(db: Database, namespace: str, participant: str) -> Row:
+    async with db.transaction() as conn:
+        row: Row | None = (
+            (await conn.execute(select(participants).where(_pk(namespace, participant)))).mappings().first()
+        )
+    if row is None:
+        raise errors.not_found(names.participant_name(namespace, participant), "participant")
+    return row
+
+
+async def create(db: Database, values: dict[str, Any]) -> Row:
+    """Insert a participant; PK and live external_id collisions are ALREADY_EXISTS."""
+    stmt = db.insert(participants).values(values).on_conflict_do_nothing().returning(participants)
+    try:
+        async with db.transaction() as conn:
+            row: Row | None = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                await _raise_create_conflict(conn, values)
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "foreign_key":
+            raise errors.not_found(names.namespace_name(values["namespace"]), "namespace") from None
+        raise
+    assert row is not None
+    return row
+
+
+async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    pk = _pk(values["namespace"], values["participant"])
+    if (await conn.execute(select(participants.c.uid).where(pk))).first() is not None:
+        name = names.participant_name(values["namespace"], values["participant"])
+        raise errors.already_exists(name, "participant")
+    raise _external_id_taken(values["external_id"])
+
+
+async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, bool]:
+    """The live participant with this namespace + kind + external_id, or a new one.
+
+    Atomic: the insert is guarded by the partial unique index, so concurrent
+    callers with one key all end with the same row.
+    """
+    key = and_(
+        participants.c.namespace == values["namespace"],
+        participants.c.kind == values["kind"],
+        participants.c.external_id == values["external_id"],
+        participants.c.delete_time.is_(None),
+    )
+    insert = (
+        db.insert(participants)
+        .values(values)
+        .on_conflict_do_nothing(
+            index_elements=[participants.c.namespace, participants.c.kind, participants.c.external_id],
+            index_where=_KEY_WHERE,
+        )
+        .returning(participants)
+    )
+    try:
+        async with db.transaction() as conn:
+            found = (await conn.execute(select(participants).where(key))).mappings().first()
+            if found is not None:
+                return found, False
+            created = (await conn.execute(insert)).mappings().first()
+            if created is not None:
+                return created, True
+            # Another caller inserted it between our read and insert: read again.
+            found = (await conn.execute(select(participants).where(key))).mappings().first()
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "foreign_key":
+            raise errors.not_found(names.namespace_name(values["namespace"]), "namespace") from None
+        raise
+    if found is None:
+        raise errors.aborted("CONCURRENT_CHANGE", "participant changed concurrently; retry")
+    return found, False
+
+
+async def update_participant(
+    db: Database, namespace: str, participant: str, values: dict[str, Any], kind: int | None
+) -> Row:
+    """Write `values`; `kind`, if given, must equal the stored (immutable) kind."""
+    if not values:
+        current = await get(db, namespace, participant)
+        if kind is not None and current["kind"] != kind:
+            raise errors.bad_field("participant.kind", "is immutable", reason="IMMUTABLE_FIELD")
+        return current
+    conditions = [_pk(namespace, participant), participants.c.delete_time.is_(None)]
+    if kind is not None:
+        conditions.append(participants.c.kind == kind)
+    stmt = (
+        update(participants)
+        .where(*conditions)
+        .values(**values, update_time=utcnow(), version=participants.c.version + 1)
+        .returning(participants)
+    )
+    try:
+        async with db.transaction() as conn:
+            row: Row | None = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                current = await _current(conn, namespace, participant)
+                if current["delete_time"] is not None:
+                    raise _deleted(namespace, participant)
+                raise errors.bad_field("participant.kind", "is immutable", reason="IMMUTABLE_FIELD")
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "unique":
+            raise _external_id_taken(values.get("external_id") or "") from None
+        raise
+    return row
+
+
+async def soft_delete(db: Database, namespace: str, participant: str) -> Row:
+    now = utcnow()
+    stmt = (
+        update(participants)
+        .where(_pk(namespace, participant), participants.c.delete_time.is_(None))
+        .values(
+            delete_time=now,
+            purge_time=now + db.retention,
+            update_time=now,
+            version=participants.c.version + 1,
+        )
+        .returning(participants)
+    )
+    async with db.transaction() as conn:
+        row: Row | None = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            await _current(conn, namespace, participant)
+            raise _deleted(namespace, participant)
+    return row
+
+
+async def undelete(db: Database, namespace: str, participant: str) -> Row:
+    stmt = (
+        update(participants)
+        .where(_pk(namespace, participant), participants.c.delete_time.is_not(None))
+        .values(delete_time=None, purge_time=None, update_time=utcnow(), version=participants.c.version + 1)
+        .returning(participants)
+    )
+    try:
+        async with db.transaction() as conn:
+            row: Row | None = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                await _current(conn, namespace, participant)
+                raise errors.already_exists(
+                    names.participant_name(namespace, participant),
+                    "participant",
+                    message="participant is not deleted",
+                )
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "unique":
+            raise _external_id_taken("") from None
+        raise
+    return row
+
+
+async def _current(conn: AsyncConnection, namespace: str, participant: str) -> Row:
+    row: Row | None = (
+        (await conn.execute(select(participants).where(_pk(namespace, participant)))).mappings().first()
+    )
+    if row is None:
+        raise errors.not_found(names.participant_name(namespace, participant), "participant")
+    result: Row = row
+    return result
+
+
+def _deleted(namespace: str, participant: str) -> errors.ApiError:
+    return errors.failed_precondition(
+        "PARTICIPANT_DELETED",
+        f"participant {names.participant_name(namespace, participant)!r} is deleted",
+        resource_name=names.participant_name(namespace, participant),
+    )
+
+
+async def namespace_exists(conn: AsyncConnection, namespace: str) -> bool:
+    stmt = select(namespaces.c.namespace).where(namespaces.c.namespace == namespace)
+    return (await conn.execute(stmt)).first() is not None

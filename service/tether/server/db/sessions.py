@@ -1,0 +1,427 @@
+"""Session statements: the hot paths (get, record activity, create,
+find-or-create) are one statement each plus the transaction around them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.server import errors, names
+from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.schema import members, namespaces, participants, sessions
+from tether.v1 import participant_pb2, session_pb2
+
+_KIND_NAMES: dict[int, str] = {
+    participant_pb2.Participant.KIND_USER: "USER",
+    participant_pb2.Participant.KIND_AGENT: "AGENT",
+}
+
+# Predicates of the partial unique indexes (ON CONFLICT must name them).
+CONVERSATION_INDEX_WHERE = and_(
+    sessions.c.delete_time.is_(None), sessions.c.external_conversation_id.is_not(None)
+)
+AGENT_PAIR_INDEX_WHERE = and_(sessions.c.delete_time.is_(None), sessions.c.agent_pair.is_not(None))
+
+
+@dataclass(frozen=True)
+class ParticipantRef:
+    """A participant a write names, the field that names it, and the kind it
+    must have (0: any kind)."""
+
+    field: str
+    participant: str
+    kind: int
+
+
+@dataclass(frozen=True)
+class ConflictTarget:
+    """A live-session unique key: how to find the row and how to guard the insert."""
+
+    where: ColumnElement[bool]
+    index_elements: Sequence[Any]
+    index_where: ColumnElement[bool]
+
+
+def agent_pair_key(agent: str, peer_agent: str) -> str:
+    """The unordered pair as one value: (a, b) and (b, a) give the same key."""
+    low, high = sorted((agent, peer_agent))
+    return f"{low}/{high}"
+
+
+def conversation_target(namespace: str, agent: str, channel: str, conversation_id: str) -> ConflictTarget:
+    return ConflictTarget(
+        where=and_(
+            sessions.c.namespace == namespace,
+            sessions.c.agent == agent,
+            sessions.c.channel == channel,
+            sessions.c.external_conversation_id == conversation_id,
+        ),
+        index_elements=[
+            sessions.c.namespace,
+            sessions.c.agent,
+            sessions.c.channel,
+            sessions.c.external_conversation_id,
+        ],
+        index_where=CONVERSATION_INDEX_WHERE,
+    )
+
+
+def agent_pair_target(namespace: str, pair: str) -> ConflictTarget:
+    return ConflictTarget(
+        where=and_(sessions.c.namespace == namespace, sessions.c.agent_pair == pair),
+        index_elements=[sessions.c.namespace, sessions.c.agent_pair],
+        index_where=AGENT_PAIR_INDEX_WHERE,
+    )
+
+
+def _pk(namespace: str, session: str) -> ColumnElement[bool]:
+    return and_(sessions.c.namespace == namespace, sessions.c.session == session)
+
+
+def _name(namespace: str, session: str) -> str:
+    return names.session_name(namespace, session)
+
+
+def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The automatic members of a new session: agent (OWNER), user and peer_agent."""
+    people = [(values["agent"], session_pb2.Member.ROLE_OWNER)]
+    people += [(values[k], session_pb2.Member.ROLE_MEMBER) for k in ("user", "peer_agent") if values.get(k)]
+    return [
+        {
+            "namespace": values["namespace"],
+            "session": values["session"],
+            "participant": participant,
+            "role": role,
+            "join_time": values["create_time"],
+            "update_time": values["create_time"],
+        }
+        for participant, role in people
+    ]
+
+
+async def get(db: Database, namespace: str, session: str) -> Row:
+    async with db.transaction() as conn:
+        return await get_in(conn, namespace, session)
+
+
+async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Row]:
+    """All or nothing, in request order (duplicates allowed)."""
+    stmt = select(sessions).where(sessions.c.namespace == namespace, sessions.c.session.in_(set(ids)))
+    async with db.transaction() as conn:
+        rows = {row["session"]: row for row in (await conn.execute(stmt)).mappings()}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise errors.ApiError(
+            grpc.StatusCode.NOT_FOUND,
+            "SESSION_NOT_FOUND",
+            f"{len(missing)} session(s) not found: " + ", ".join(_name(namespace, m) for m in missing[:10]),
+            metadata={"resource_name": _name(namespace, missing[0])},
+        )
+    return [rows[i] for i in ids]
+
+
+async def create(
+    db: Database, values: dict[str, Any], refs: Sequence[ParticipantRef], *, validate_only: bool = False
+) -> Row:
+    """Insert a session and its automatic members in one transaction."""
+    stmt = db.insert(sessions).values(values).on_conflict_do_nothing().returning(sessions)
+    async with db.transaction() as conn:
+        await check_participants(conn, values["namespace"], refs)
+        if validate_only:
+            return values
+        row: Row | None = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            await _raise_create_conflict(conn, values)
+        await conn.execute(db.insert(members), member_rows(values))
+    assert row is not None
+    return row
+
+
+async def find_or_create(
+    db: Database,
+    target: ConflictTarget,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    *,
+    undelete_if_deleted: bool,
+) -> tuple[Row, bool]:
+    """The live session for a key, else a restored or new one. Atomic: the
+    insert is guarded by the key's partial unique index."""
+    live = select(sessions).where(target.where, sessions.c.delete_time.is_(None))
+    insert = (
+        db.insert(sessions)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=target.index_elements, index_where=target.index_where)
+        .returning(sessions)
+    )
+    for _ in range(3):
+        try:
+            async with db.transaction() as conn:
+                found = (await conn.execute(live)).mappings().first()
+                if found is not None:
+                    return found, False
+                if undelete_if_deleted:
+                    restored = await _undelete_latest(conn, target)
+                    if restored is not None:
+                        return restored, True
+                await check_participants(conn, values["namespace"], refs)
+                created = (await conn.execute(insert)).mappings().first()
+                if created is not None:
+                    await conn.execute(db.insert(members), member_rows(values))
+                    return created, True
+                found = (await conn.execute(live)).mappings().first()
+                if found is not None:
+                    return found, False
+        except IntegrityError as exc:
+            # A concurrent caller created the live session while we restored an
+            # old one; the next round finds theirs.
+            if constraint_kind(exc) != "unique":
+                raise
+    raise errors.aborted("CONCURRENT_CHANGE", "the session changed concurrently; retry")
+
+
+async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row | None:
+    latest = (
+        select(sessions.c.namespace, sessions.c.session)
+        .where(target.where, sessions.c.delete_time.is_not(None))
+        .order_by(sessions.c.delete_time.desc())
+        .limit(1)
+    )
+    match = (await conn.execute(latest)).first()
+    if match is None:
+        return None
+    stmt = (
+        update(sessions)
+        .where(_pk(match.namespace, match.session), sessions.c.delete_time.is_not(None))
+        .values(delete_time=None, purge_time=None, update_time=utcnow(), version=sessions.c.version + 1)
+        .returning(sessions)
+    )
+    row: Row | None = (await conn.execute(stmt)).mappings().first()
+    return row
+
+
+async def record_activity(db: Database, namespace: str, session: str, when: datetime) -> Row:
+    """last_activity_time = max(current, when), in one statement; the etag moves
+    only when the time does."""
+    moves = sessions.c.last_activity_time < when
+    stmt = (
+        update(sessions)
+        .where(_pk(namespace, session), sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
+        .values(
+            last_activity_time=case((moves, when), else_=sessions.c.last_activity_time),
+            version=sessions.c.version + case((moves, 1), else_=0),
+        )
+        .returning(sessions)
+    )
+    async with db.transaction() as conn:
+        row: Row | None = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            _raise_not_live(await get_in(conn, namespace, session))
+    assert row is not None
+    return row
+
+
+async def update_session(
+    db: Database,
+    namespace: str,
+    session: str,
+    values: dict[str, Any],
+    unchanged: dict[str, Any],
+) -> Row:
+    """Write `values`; every column in `unchanged` must still hold its value
+    (immutable fields the caller sent back). Only a GROUP session takes a
+    non-empty group_name."""
+    if not values:
+        return await _check_unchanged(db, namespace, session, unchanged)
+    conditions = [_pk(namespace, session), sessions.c.delete_time.is_(None)]
+    conditions += [sessions.c[column] == value for column, value in unchanged.items()]
+    if values.get("group_name"):
+        conditions.append(sessions.c.kind == session_pb2.Session.KIND_GROUP)
+    stmt = (
+        update(sessions)
+        .where(*conditions)
+        .values(**values, update_time=utcnow(), version=sessions.c.version + 1)
+        .returning(sessions)
+    )
+    try:
+        async with db.transaction() as conn:
+            row: Row | None = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                current = await get_in(conn, namespace, session)
+                if current["delete_time"] is not None:
+                    raise _deleted(current)
+                bad = _immutable_changes(current, unchanged)
+                if bad:
+                    raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
+                raise errors.bad_field("session.group_name", "only GROUP sessions have a group_name")
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "unique":
+            raise _conversation_taken() from None
+        raise
+    assert row is not None
+    return row
+
+
+def _immutable_changes(current: Row, unchanged: dict[str, Any]) -> list[errors.FieldViolation]:
+    return [
+        errors.FieldViolation(f"session.{c}", "is immutable") for c, v in unchanged.items() if current[c] != v
+    ]
+
+
+async def _check_unchanged(db: Database, namespace: str, session: str, unchanged: dict[str, Any]) -> Row:
+    """An update that writes nothing: only check what the caller sent back."""
+    async with db.transaction() as conn:
+        current = await get_in(conn, namespace, session)
+    bad = _immutable_changes(current, unchanged)
+    if bad:
+        raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
+    return current
+
+
+async def soft_delete(db: Database, namespace: str, session: str) -> Row:
+    now = utcnow()
+    stmt = (
+        update(sessions)
+        .where(_pk(namespace, session), sessions.c.delete_time.is_(None))
+        .values(
+            delete_time=now, purge_time=now + db.retention, update_time=now, version=sessions.c.version + 1
+        )
+        .returning(sessions)
+    )
+    async with db.transaction() as conn:
+        row: Row | None = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            raise _deleted(await get_in(conn, namespace, session))
+    assert row is not None
+    return row
+
+
+async def undelete(db: Database, namespace: str, session: str) -> Row:
+    stmt = (
+        update(sessions)
+        .where(_pk(namespace, session), sessions.c.delete_time.is_not(None))
+        .values(delete_time=None, purge_time=None, update_time=utcnow(), version=sessions.c.version + 1)
+        .returning(sessions)
+    )
+    try:
+        async with db.transaction() as conn:
+            row: Row | None = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                await get_in(conn, namespace, session)
+                raise errors.already_exists(
+                    _name(namespace, session), "session", message="session is not deleted"
+                )
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "unique":
+            raise _conversation_taken() from None
+        raise
+    assert row is not None
+    return row
+
+
+async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequence[ParticipantRef]) -> None:
+    """Each referenced participant exists in the namespace, has the right kind,
+    and is live and enabled. Fails with every bad field at once."""
+    if not refs:
+        return
+    stmt = select(
+        participants.c.participant, participants.c.kind, participants.c.enabled, participants.c.delete_time
+    ).where(
+        participants.c.namespace == namespace,
+        participants.c.participant.in_({ref.participant for ref in refs}),
+    )
+    found = {row.participant: row for row in await conn.execute(stmt)}
+    missing = [ref for ref in refs if ref.participant not in found]
+    if missing:
+        if not await _namespace_exists(conn, namespace):
+            raise errors.not_found(names.namespace_name(namespace), "namespace")
+        ref = missing[0]
+        raise errors.ApiError(
+            grpc.StatusCode.NOT_FOUND,
+            "PARTICIPANT_NOT_FOUND",
+            f"{ref.field}: participant {names.participant_name(namespace, ref.participant)!r} not found",
+            metadata={
+                "field": ref.field,
+                "resource_name": names.participant_name(namespace, ref.participant),
+            },
+        )
+    wrong_kind = [
+        errors.FieldViolation(ref.field, f"must be an {_KIND_NAMES.get(ref.kind, '?')} participant")
+        for ref in refs
+        if ref.kind and found[ref.participant].kind != ref.kind
+    ]
+    if wrong_kind:
+        raise errors.ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "WRONG_PARTICIPANT_KIND",
+            "; ".join(f"{v.field}: {v.description}" for v in wrong_kind),
+            violations=wrong_kind,
+        )
+    for ref in refs:
+        row = found[ref.participant]
+        name = names.participant_name(namespace, ref.participant)
+        if row.delete_time is not None:
+            raise errors.failed_precondition(
+                "PARTICIPANT_DELETED", f"{ref.field}: participant {name!r} is deleted", resource_name=name
+            )
+        if not row.enabled:
+            raise errors.failed_precondition(
+                "PARTICIPANT_DISABLED", f"{ref.field}: participant {name!r} is disabled", resource_name=name
+            )
+
+
+async def _namespace_exists(conn: AsyncConnection, namespace: str) -> bool:
+    stmt = select(namespaces.c.namespace).where(namespaces.c.namespace == namespace)
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def get_in(conn: AsyncConnection, namespace: str, session: str) -> Row:
+    row: Row | None = (await conn.execute(select(sessions).where(_pk(namespace, session)))).mappings().first()
+    if row is None:
+        raise errors.not_found(_name(namespace, session), "session")
+    result: Row = row
+    return result
+
+
+async def live_session(conn: AsyncConnection, namespace: str, session: str) -> Row:
+    """The session, which must be neither deleted nor disabled."""
+    row = await get_in(conn, namespace, session)
+    _raise_not_live(row)
+    return row
+
+
+def _raise_not_live(row: Row) -> None:
+    if row["delete_time"] is not None:
+        raise _deleted(row)
+    if not row["enabled"]:
+        name = _name(row["namespace"], row["session"])
+        raise errors.failed_precondition(
+            "SESSION_DISABLED", f"session {name!r} is disabled", resource_name=name
+        )
+
+
+def _deleted(row: Row) -> errors.ApiError:
+    name = _name(row["namespace"], row["session"])
+    return errors.failed_precondition("SESSION_DELETED", f"session {name!r} is deleted", resource_name=name)
+
+
+def _conversation_taken() -> errors.ApiError:
+    return errors.ApiError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "CONVERSATION_ALREADY_EXISTS",
+        "a live session already has this agent + channel + external_conversation_id (or agent pair)",
+    )
+
+
+async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    namespace, session = values["namespace"], values["session"]
+    if (await conn.execute(select(sessions.c.uid).where(_pk(namespace, session)))).first() is not None:
+        raise errors.already_exists(_name(namespace, session), "session")
+    raise _conversation_taken()

@@ -1,0 +1,1 @@
+"""Domain rules: request validation, kind rules, update masks (no SQL here)."""

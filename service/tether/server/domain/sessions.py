@@ -1,0 +1,252 @@
+"""Session rules: kinds, references, defaults, update masks, find-or-create keys."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from tether.server import names
+from tether.server.convert import struct_to_json, to_datetime
+from tether.server.db.base import utcnow
+from tether.server.db.sessions import ParticipantRef, agent_pair_key
+from tether.server.domain import masks
+from tether.server.domain.validation import (
+    MAX_DESCRIPTION,
+    MAX_DISPLAY_NAME,
+    MAX_EXTERNAL_ID,
+    MAX_SESSION_STATE_BYTES,
+    Violations,
+)
+from tether.server.errors import ApiError
+from tether.v1 import participant_pb2, session_pb2, session_service_pb2
+
+Session = session_pb2.Session
+AGENT = participant_pb2.Participant.KIND_AGENT
+USER = participant_pb2.Participant.KIND_USER
+KINDS: dict[int, str] = {
+    Session.KIND_DIRECT: "DIRECT",
+    Session.KIND_GROUP: "GROUP",
+    Session.KIND_AGENT_TO_AGENT: "AGENT_TO_AGENT",
+    Session.KIND_TRIGGER: "TRIGGER",
+}
+DEFAULT_CHANNEL = "web"
+MAX_TTL = timedelta(days=365 * 100)
+
+RULES = masks.FieldRules(
+    mutable=frozenset(
+        {
+            "display_name",
+            "description",
+            "channel",
+            "external_conversation_id",
+            "group_name",
+            "enabled",
+            "managed",
+            "labels",
+            "session_state",
+            "expire_time",
+            "ttl",
+        }
+    ),
+    immutable=frozenset({"kind", "agent", "user", "peer_agent"}),
+    output_only=frozenset(
+        {
+            "uid",
+            "auto_created",
+            "create_time",
+            "update_time",
+            "last_activity_time",
+            "delete_time",
+            "purge_time",
+            "member_count",
+            "etag",
+        }
+    ),
+)
+
+
+@dataclass(frozen=True)
+class NewSession:
+    values: dict[str, Any]
+    refs: list[ParticipantRef]
+
+
+def participant_id(value: str, namespace: str, path: str, v: Violations) -> str | None:
+    """The participant id of a reference, which must be in `namespace`."""
+    if not value:
+        return None
+    try:
+        ref = names.parse_participant(value, path)
+    except ApiError:
+        v.add(path, f"must be a participant name namespaces/{namespace}/participants/{{participant}}")
+        return None
+    if ref.namespace != namespace:
+        v.add(path, f"must be a participant of namespace {names.namespace_name(namespace)!r}")
+        return None
+    return ref.participant
+
+
+def _check_mutable(s: Session, path: str, v: Violations, fields: frozenset[str]) -> None:
+    if "display_name" in fields:
+        v.text(f"{path}.display_name", s.display_name, MAX_DISPLAY_NAME)
+    if "description" in fields:
+        v.text(f"{path}.description", s.description, MAX_DESCRIPTION)
+    if "group_name" in fields:
+        v.text(f"{path}.group_name", s.group_name, MAX_DISPLAY_NAME)
+    if "channel" in fields:
+        v.channel(f"{path}.channel", s.channel)
+    if "external_conversation_id" in fields:
+        v.text(f"{path}.external_conversation_id", s.external_conversation_id, MAX_EXTERNAL_ID)
+    if "labels" in fields:
+        v.labels(f"{path}.labels", s.labels)
+    if "session_state" in fields and s.HasField("session_state"):
+        v.struct(f"{path}.session_state", s.session_state, MAX_SESSION_STATE_BYTES)
+    if "expire_time" in fields and s.HasField("expire_time"):
+        v.timestamp(f"{path}.expire_time", s.expire_time)
+    if "ttl" in fields and s.HasField("ttl"):
+        ttl = s.ttl
+        if ttl.seconds < 0 or ttl.nanos < 0 or (ttl.seconds == 0 and ttl.nanos == 0):
+            v.add(f"{path}.ttl", "must be positive")
+        elif ttl.ToTimedelta() > MAX_TTL:
+            v.add(f"{path}.ttl", "must be at most 100 years")
+
+
+def check_update(s: Session, mask: masks.ResolvedMask, v: Violations) -> None:
+    """Validate the fields an update writes."""
+    _check_mutable(s, "session", v, mask.mutable)
+
+
+def _expire_time(s: Session, now: datetime) -> datetime | None:
+    if s.HasField("ttl"):
+        return now + s.ttl.ToTimedelta()
+    if s.HasField("expire_time"):
+        return to_datetime(s.expire_time)
+    return None
+
+
+def mutable_values(s: Session, fields: frozenset[str], now: datetime) -> dict[str, Any]:
+    """Column values of the mutable `fields` (unset fields become defaults)."""
+    values: dict[str, Any] = {}
+    for name in fields:
+        if name in ("expire_time", "ttl"):
+            values["expire_time"] = _expire_time(s, now)
+        elif name == "channel":
+            values["channel"] = s.channel or DEFAULT_CHANNEL
+        elif name == "external_conversation_id":
+            values["external_conversation_id"] = s.external_conversation_id or None
+        elif name == "labels":
+            values["labels"] = dict(s.labels)
+        elif name == "session_state":
+            values["session_state"] = struct_to_json(s.session_state) if s.HasField("session_state") else None
+        elif name == "enabled":
+            values["enabled"] = s.enabled if s.HasField("enabled") else True
+        elif name == "managed":
+            values["managed"] = s.managed if s.HasField("managed") else False
+        else:
+            values[name] = getattr(s, name)
+    return values
+
+
+def _check_kind_rules(
+    kind: int, agent: str | None, user: str | None, peer: str | None, s: Session, path: str, v: Violations
+) -> None:
+    if kind == Session.KIND_DIRECT:
+        if not s.user:
+            v.add(f"{path}.user", "required for a DIRECT session")
+    elif s.user:
+        v.add(f"{path}.user", f"must be empty for a {KINDS.get(kind, 'non-DIRECT')} session")
+    if kind == Session.KIND_AGENT_TO_AGENT:
+        if not s.peer_agent:
+            v.add(f"{path}.peer_agent", "required for an AGENT_TO_AGENT session")
+        elif peer is not None and peer == agent:
+            v.add(f"{path}.peer_agent", "must differ from agent")
+    elif s.peer_agent:
+        v.add(f"{path}.peer_agent", f"must be empty for a {KINDS.get(kind, 'non-AGENT_TO_AGENT')} session")
+    if s.group_name and kind != Session.KIND_GROUP:
+        v.add(f"{path}.group_name", "only GROUP sessions have a group_name")
+
+
+def new_session(
+    namespace: str, session_id: str, s: Session, path: str, v: Violations, *, auto_created: bool = False
+) -> NewSession:
+    """Validate a session to create and build its row. Call `v.check()` after."""
+    v.enum(f"{path}.kind", s.kind, KINDS)
+    if not s.agent:
+        v.add(f"{path}.agent", "required")
+    agent = participant_id(s.agent, namespace, f"{path}.agent", v)
+    user = participant_id(s.user, namespace, f"{path}.user", v)
+    peer = participant_id(s.peer_agent, namespace, f"{path}.peer_agent", v)
+    _check_kind_rules(s.kind, agent, user, peer, s, path, v)
+    _check_mutable(s, path, v, RULES.mutable)
+    now = utcnow()
+    values = {
+        "namespace": namespace,
+        "session": session_id,
+        "uid": str(uuid.uuid4()),
+        "kind": s.kind,
+        "agent": agent,
+        "user": user,
+        "peer_agent": peer,
+        "agent_pair": agent_pair_key(agent, peer) if agent and peer else None,
+        "auto_created": auto_created,
+        "create_time": now,
+        "update_time": now,
+        "last_activity_time": now,
+        "member_count": 1 + (user is not None) + (peer is not None),
+        **mutable_values(s, RULES.mutable - {"ttl"}, now),
+    }
+    refs = [ParticipantRef(f"{path}.agent", agent, AGENT)] if agent else []
+    if user:
+        refs.append(ParticipantRef(f"{path}.user", user, USER))
+    if peer:
+        refs.append(ParticipantRef(f"{path}.peer_agent", peer, AGENT))
+    return NewSession(values, refs)
+
+
+def template_for_key(
+    request: session_service_pb2.FindOrCreateSessionRequest, namespace: str, v: Violations
+) -> Session:
+    """The template with the key's fields filled in; a contradiction is a violation."""
+    template = Session()
+    template.CopyFrom(request.session)
+    key = request.WhichOneof("key")
+    if key == "external_conversation":
+        conv = request.external_conversation
+        channel = conv.channel or DEFAULT_CHANNEL
+        _fill(template, "agent", conv.agent, "external_conversation.agent", v)
+        _fill(template, "channel", channel, "external_conversation.channel", v)
+        _fill(
+            template,
+            "external_conversation_id",
+            conv.conversation_id,
+            "external_conversation.conversation_id",
+            v,
+        )
+        if not conv.agent:
+            v.add("external_conversation.agent", "required")
+        v.channel("external_conversation.channel", conv.channel)
+        v.text("external_conversation.conversation_id", conv.conversation_id, MAX_EXTERNAL_ID, required=True)
+        if template.kind == Session.KIND_UNSPECIFIED:
+            template.kind = Session.KIND_DIRECT if template.user else Session.KIND_GROUP
+    elif key == "agent_pair":
+        pair = request.agent_pair
+        _fill(template, "agent", pair.agent, "agent_pair.agent", v)
+        _fill(template, "peer_agent", pair.peer_agent, "agent_pair.peer_agent", v)
+        for field in ("agent", "peer_agent"):
+            if not getattr(pair, field):
+                v.add(f"agent_pair.{field}", "required")
+        if template.kind not in (Session.KIND_UNSPECIFIED, Session.KIND_AGENT_TO_AGENT):
+            v.add("session.kind", "must be AGENT_TO_AGENT (or unset) for an agent_pair key")
+        template.kind = Session.KIND_AGENT_TO_AGENT
+    else:
+        v.add("key", "one of external_conversation or agent_pair is required")
+    return template
+
+
+def _fill(template: Session, field: str, key_value: str, key_path: str, v: Violations) -> None:
+    current = getattr(template, field)
+    if current and current != key_value:
+        v.add(f"session.{field}", f"contradicts {key_path} ({key_value!r})")
+    setattr(template, field, key_value)
