@@ -1,25 +1,113 @@
-"""List RPCs: filter, order and keyset pages over the data layer."""
+"""List RPCs: AIP-160 filter, AIP-132 order and keyset pages over the data layer."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
-from tether.server import errors
+from sqlalchemy import Select, select
+
+from tether.server.db import members as member_db
+from tether.server.db import namespaces as namespace_db
+from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row
+from tether.server.db.schema import members, namespaces, participants, sessions
+from tether.server.query import (
+    PARTICIPANT_FILTER_FIELDS,
+    PARTICIPANT_ORDER_FIELDS,
+    SESSION_FILTER_FIELDS,
+    SESSION_ORDER_FIELDS,
+    OrderFields,
+    PageRequest,
+    compile_filter,
+    next_page,
+    page_request,
+    paginate,
+    parse_order_by,
+)
+from tether.v1 import session_service_pb2 as pb
+
+# Namespaces by id; members in join order (participant id breaks ties).
+NAMESPACE_ORDER = OrderFields(
+    columns={"name": namespaces.c.namespace}, tiebreaker=namespaces.c.uid, default="name asc"
+)
+MEMBER_ORDER = OrderFields(
+    columns={"join_time": members.c.join_time}, tiebreaker=members.c.participant, default="join_time asc"
+)
+
+
+async def _nothing() -> None:
+    return None
 
 
 class Lister:
+    """Runs one page query per List call (plus an existence check of the parent)."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def _page(
+        self,
+        stmt: Select[tuple[object, ...]],
+        page: PageRequest,
+        parent_exists: Callable[[], Awaitable[object]],
+    ) -> tuple[list[Row], str]:
+        async with self._db.transaction() as conn:
+            rows: Sequence[Row] = (await conn.execute(paginate(stmt, page))).mappings().all()
+        if not rows:
+            await parent_exists()  # an empty page of a missing parent is NOT_FOUND
+        rows, token = next_page(rows, page)
+        return list(rows), token
+
     async def namespaces(self, page_size: int, page_token: str) -> tuple[list[Row], str]:
-        raise errors.unimplemented("ListNamespaces", "listing is being built")
+        ordering = parse_order_by("", NAMESPACE_ORDER)
+        page = page_request(
+            page_size=page_size, page_token=page_token, ordering=ordering, binding=("namespaces",)
+        )
+        return await self._page(select(namespaces), page, _nothing)
 
-    async def participants(self, namespace: str, request: Any) -> tuple[list[Row], str]:
-        raise errors.unimplemented("ListParticipants", "listing is being built")
+    async def participants(
+        self, namespace: str, request: pb.ListParticipantsRequest
+    ) -> tuple[list[Row], str]:
+        ordering = parse_order_by(request.order_by, PARTICIPANT_ORDER_FIELDS)
+        where = compile_filter(request.filter, PARTICIPANT_FILTER_FIELDS, namespace=namespace)
+        page = page_request(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            ordering=ordering,
+            binding=(request.parent, request.filter, str(request.show_deleted)),
+        )
+        stmt = select(participants).where(participants.c.namespace == namespace)
+        if not request.show_deleted:
+            stmt = stmt.where(participants.c.delete_time.is_(None))
+        if where is not None:
+            stmt = stmt.where(where)
+        return await self._page(stmt, page, lambda: namespace_db.get(self._db, namespace))
 
-    async def sessions(self, namespace: str, request: Any) -> tuple[list[Row], str]:
-        raise errors.unimplemented("ListSessions", "listing is being built")
+    async def sessions(self, namespace: str, request: pb.ListSessionsRequest) -> tuple[list[Row], str]:
+        ordering = parse_order_by(request.order_by, SESSION_ORDER_FIELDS)
+        where = compile_filter(request.filter, SESSION_FILTER_FIELDS, namespace=namespace)
+        page = page_request(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            ordering=ordering,
+            binding=(request.parent, request.filter, str(request.show_deleted)),
+        )
+        stmt = select(sessions).where(sessions.c.namespace == namespace)
+        if not request.show_deleted:
+            stmt = stmt.where(sessions.c.delete_time.is_(None))
+        if where is not None:
+            stmt = stmt.where(where)
+        return await self._page(stmt, page, lambda: namespace_db.get(self._db, namespace))
 
-    async def members(self, namespace: str, session: str, request: Any) -> tuple[list[Row], str]:
-        raise errors.unimplemented("ListMembers", "listing is being built")
+    async def members(
+        self, namespace: str, session: str, request: pb.ListMembersRequest
+    ) -> tuple[list[Row], str]:
+        ordering = parse_order_by("", MEMBER_ORDER)
+        page = page_request(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            ordering=ordering,
+            binding=(request.parent,),
+        )
+        stmt = member_db.member_select().where(members.c.namespace == namespace, members.c.session == session)
+        return await self._page(stmt, page, lambda: session_db.get(self._db, namespace, session))
