@@ -1,0 +1,1 @@
+"""Tests that talk to a real Tether server over a real channel, on SQLite and PostgreSQL."""
