@@ -1,0 +1,226 @@
+"""The server assembly: gRPC server, SessionService, health, reflection, lifecycle.
+
+`serve(settings)` is what `tether serve` runs: migrate (unless told not to),
+bind, log `serving` with the bound `address` (port 0 picks a free port), run
+until SIGTERM/SIGINT, then drain in-flight calls for `shutdown_grace` seconds
+and return 0. `TetherServer` is the same without the signal handling, for
+embedding and in-process tests.
+
+Health (`grpc.health.v1.Health`) answers for "" and "tether.v1.SessionService":
+SERVING while the database answers, NOT_SERVING while it does not (a monitor
+pings it every `health_interval` seconds on its own connection, so a busy pool
+does not make the server look dead), NOT_SERVING for good once shutdown starts.
+
+Messages: requests up to 4 MiB (`MAX_RECEIVE_MESSAGE_BYTES`, gRPC's usual
+limit; the contract's largest field, session_state, is 256 KiB); larger ones
+fail with RESOURCE_EXHAUSTED before reaching a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import signal
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.server.config import Settings, split_host_port
+from tether.server.db.engine import create_engine, ping
+from tether.server.db.migrate import migrate
+from tether.server.interceptors import ServerInterceptor
+from tether.server.log import get_logger
+from tether.server.service import build_servicer
+from tether.v1 import session_service_pb2, session_service_pb2_grpc
+
+SERVICE_NAME: str = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
+# protoc --include_source_info --descriptor_set_out, next to the generated code:
+# gives reflection the proto comments (`grpcurl describe`), which generated code lacks.
+DESCRIPTOR_SET_RESOURCE = ("tether.v1", "descriptor_set.binpb")
+
+_SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    # Without this, a second server on the same fixed port would bind "successfully"
+    # and silently share the traffic.
+    ("grpc.so_reuseport", 0),
+)
+
+
+def load_source_info() -> dict[str, descriptor_pb2.SourceCodeInfo]:
+    """Proto comments by file name, from `DESCRIPTOR_SET_RESOURCE`; empty when it is absent."""
+    package, name = DESCRIPTOR_SET_RESOURCE
+    resource = importlib.resources.files(package) / name
+    if not resource.is_file():
+        return {}
+    files = descriptor_pb2.FileDescriptorSet.FromString(resource.read_bytes()).file
+    return {f.name: f.source_code_info for f in files if f.HasField("source_code_info")}
+
+
+class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """Server reflection whose file descriptors carry their comments.
+
+    The descriptors themselves still come from the running code (so they always
+    match what is served); only `source_code_info` is added from the descriptor set.
+    """
+
+    def __init__(self, service_names: tuple[str, ...], source_info: Mapping[str, Any]) -> None:
+        super().__init__(service_names)
+        self._source_info = source_info
+
+    async def ServerReflectionInfo(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for response in super().ServerReflectionInfo(request_iterator, context):
+            if self._source_info and response.HasField("file_descriptor_response"):
+                protos = response.file_descriptor_response.file_descriptor_proto
+                protos[:] = [self._with_comments(serialized) for serialized in protos]
+            yield response
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        # protobuf's pool does not index methods (`grpcurl describe pkg.Service.Method`):
+        # answer with the service's file.
+        service, _, method = fully_qualified_name.rpartition(".")
+        try:
+            self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            with contextlib.suppress(KeyError):
+                if method in self._pool.FindServiceByName(service).methods_by_name:
+                    fully_qualified_name = service
+        return super()._file_containing_symbol(request, fully_qualified_name)
+
+    def _with_comments(self, serialized: bytes) -> bytes:
+        proto = descriptor_pb2.FileDescriptorProto.FromString(serialized)
+        info = self._source_info.get(proto.name)
+        if info is None:
+            return serialized
+        proto.source_code_info.CopyFrom(info)
+        return proto.SerializeToString()
+
+
+class TetherServer:
+    """One running server: `await start()` returns the bound address; `await stop(grace)`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.address = ""
+        self._log = get_logger()
+        self._engine: AsyncEngine | None = None
+        self._ping_engine: AsyncEngine | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._monitor: asyncio.Task[None] | None = None
+        self._healthy = False
+
+    async def start(self) -> str:
+        """Migrate if configured, bind, start serving; returns `host:port` as bound."""
+        settings = self.settings
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
+        self._engine = create_engine(settings)
+        self._ping_engine = create_engine(settings, pool_size=1)
+        self._server = self._build_server(self._engine)
+        host, _ = split_host_port(settings.listen)
+        port = self._server.add_insecure_port(settings.listen)
+        await self._set_health(await ping(self._ping_engine))
+        await self._server.start()
+        self._monitor = asyncio.create_task(self._watch_database(), name="tether-health-monitor")
+        self.address = f"{host}:{port}"
+        self._log.info("serving", address=self.address)
+        return self.address
+
+    def _build_server(self, engine: AsyncEngine) -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=[ServerInterceptor()], options=_SERVER_OPTIONS)
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+            build_servicer(engine, self.settings), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            CommentedReflectionServicer(services, load_source_info()), server
+        )
+        return server
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, let in-flight calls finish within `grace` seconds, release the database."""
+        await self._health.enter_graceful_shutdown()
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        for engine in (self._engine, self._ping_engine):
+            if engine is not None:
+                await engine.dispose()
+
+    async def _set_health(self, healthy: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+        self._healthy = healthy
+
+    async def _watch_database(self) -> None:
+        """Flip health when the database stops or starts answering."""
+        assert self._ping_engine is not None
+        assert self._engine is not None
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            healthy = await ping(self._ping_engine)
+            if healthy == self._healthy:
+                continue
+            await self._set_health(healthy)
+            if healthy:
+                # Pooled connections from before the outage are likely dead: start afresh.
+                await self._engine.dispose()
+                self._log.info("database_reachable")
+            else:
+                self._log.warning("database_unreachable")
+
+
+async def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM or SIGINT; 0 after a clean shutdown, 1 when it cannot start."""
+    log = get_logger()
+    for setting, detail in settings.not_enforced():
+        log.warning("setting_not_enforced", setting=setting, detail=detail)
+    # Handlers first: a signal right after the `serving` line must not hit the default action.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    server = TetherServer(settings)
+    try:
+        await _start_unless_stopped(server, stopping)
+    except Exception as exc:
+        log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
+        await server.stop(0)
+        return 1
+    await stopping.wait()
+    log.info("stopping", grace_seconds=settings.shutdown_grace)
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _start_unless_stopped(server: TetherServer, stopping: asyncio.Event) -> None:
+    """`server.start()`, abandoned when a signal comes first (e.g. a slow migration)."""
+    starting = asyncio.create_task(server.start())
+    signalled = asyncio.create_task(stopping.wait())
+    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    starting.result()

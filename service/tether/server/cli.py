@@ -1,0 +1,172 @@
+"""`tether` command line: serve, migrate, health.
+
+    tether serve   [--listen HOST:PORT] [--database-url URL] [--no-migrate] ...
+    tether migrate [--database-url URL]
+    tether health  [--target HOST:PORT] [--timeout SECONDS] [--service NAME]
+
+Every `serve` flag overrides its `TETHER_*` environment variable (see
+`tether.server.config`). Exit codes: 0 success (health: SERVING), 1 failure
+(health: anything else), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
+
+from tether.server.config import DEFAULT_LISTEN, Settings, load_settings, split_host_port
+from tether.server.log import configure_logging, get_logger
+
+# (flag, metavar, help) for the settings every command that touches the database shares.
+_DATABASE_FLAGS = (
+    ("--database-url", "URL", "database URL: sqlite:///FILE or postgresql://... [TETHER_DATABASE_URL]"),
+    ("--log-level", "LEVEL", "DEBUG, INFO, WARNING, ERROR [TETHER_LOG_LEVEL]"),
+    ("--log-format", "FORMAT", "json or console [TETHER_LOG_FORMAT]"),
+)
+_SERVE_FLAGS = (
+    ("--listen", "HOST:PORT", "HOST:PORT to listen on; port 0 picks one [TETHER_LISTEN]"),
+    ("--auth-file", "FILE", "principals TOML (not enforced yet) [TETHER_AUTH_FILE]"),
+    ("--tls-cert-file", "FILE", "server certificate PEM (not served yet) [TETHER_TLS_CERT_FILE]"),
+    ("--tls-key-file", "FILE", "server key PEM (not served yet) [TETHER_TLS_KEY_FILE]"),
+    ("--tls-client-ca-file", "FILE", "client CA PEM for mTLS (not served yet) [TETHER_TLS_CLIENT_CA_FILE]"),
+    ("--metrics-listen", "HOST:PORT", "HOST:PORT for metrics (not served yet) [TETHER_METRICS_LISTEN]"),
+    ("--retention", "DURATION", "how long deleted resources are kept: 30d, 12h, P30D [TETHER_RETENTION]"),
+    ("--shutdown-grace", "SECONDS", "seconds in-flight calls get on SIGTERM [TETHER_SHUTDOWN_GRACE]"),
+    ("--db-pool-size", "N", "database connections [TETHER_DB_POOL_SIZE]"),
+    ("--health-interval", "SECONDS", "seconds between database pings [TETHER_HEALTH_INTERVAL]"),
+)
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, str, str]]) -> None:
+    for flag, metavar, help_text in flags:
+        parser.add_argument(flag, metavar=metavar, help=help_text, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(prog="tether", description="Tether: conversation sessions over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    _add_flags(serve, _SERVE_FLAGS + _DATABASE_FLAGS)
+    serve.add_argument(
+        "--migrate",
+        dest="migrate_on_start",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply migrations before serving (default: yes) [TETHER_MIGRATE_ON_START]",
+    )
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    _add_flags(migrate, _DATABASE_FLAGS)
+
+    health = commands.add_parser("health", help="check a running server; exit 0 when SERVING")
+    health.add_argument(
+        "--target", metavar="HOST:PORT", help=f"HOST:PORT (default: TETHER_LISTEN or {DEFAULT_LISTEN})"
+    )
+    health.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0, help="seconds (default: 5)")
+    health.add_argument(
+        "--service", metavar="NAME", default="", help='service name to check (default: "", the server)'
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """Settings from the environment and the flags, or None after reporting what is wrong."""
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        print("tether: invalid configuration:", file=sys.stderr)
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            flag, env = f"--{name.replace('_', '-')}", f"TETHER_{name.upper()}"
+            given = repr(error.get("input"))
+            suffix = "" if given in error["msg"] else f" (got {given})"
+            print(f"  {flag} / {env}: {error['msg']}{suffix}", file=sys.stderr)
+        return None
+
+
+def _run(coroutine: Any) -> Any:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from tether.server.app import serve  # the full server stack only for this command
+
+    return int(_run(serve(settings)))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from tether.server.db.migrate import migrate
+
+    try:
+        _run(migrate(settings.database_url))
+    except Exception as exc:
+        get_logger().error("migration_failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+def health_target(listen: str) -> str:
+    """Where to reach a server listening on `listen`: wildcard hosts become loopback."""
+    host, port = split_host_port(listen)
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    return f"{host}:{port}"
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        target = args.target or health_target(_listen_from_env())
+    except ValueError as exc:
+        print(f"tether health: {exc}", file=sys.stderr)
+        return 2
+    # No HTTP proxy for a health probe: it targets this host.
+    options = (("grpc.enable_http_proxy", 0),)
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
+            print(f"tether health: {target}: {reason}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _listen_from_env() -> str:
+    # Only TETHER_LISTEN matters here: a probe must not fail over unrelated settings.
+    return os.environ.get("TETHER_LISTEN", DEFAULT_LISTEN)
+
+
+_COMMANDS = {"serve": _serve, "migrate": _migrate, "health": _health}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tether` console script."""
+    args = build_parser().parse_args(argv)
+    return _COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

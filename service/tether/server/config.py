@@ -1,0 +1,159 @@
+"""Server configuration: environment variables `TETHER_*`, each also a `tether serve` flag.
+
+| setting | env var | default |
+| --- | --- | --- |
+| listen | TETHER_LISTEN | `127.0.0.1:50051` (port 0 picks a free port) |
+| database_url | TETHER_DATABASE_URL | SQLite file `tether.db` in the working directory |
+| auth_file | TETHER_AUTH_FILE | none (see "Not enforced yet") |
+| tls_cert_file / tls_key_file | TETHER_TLS_CERT_FILE / TETHER_TLS_KEY_FILE | none |
+| tls_client_ca_file | TETHER_TLS_CLIENT_CA_FILE | none |
+| metrics_listen | TETHER_METRICS_LISTEN | none |
+| log_level | TETHER_LOG_LEVEL | `INFO` |
+| log_format | TETHER_LOG_FORMAT | `console` when stderr is a terminal, else `json` |
+| retention | TETHER_RETENTION | `30d` (`30d`, `12h`, `90m`, `3600s`, seconds, or ISO 8601 `P30D`) |
+| migrate_on_start | TETHER_MIGRATE_ON_START | true |
+| shutdown_grace | TETHER_SHUTDOWN_GRACE | 10 seconds for in-flight calls on SIGTERM |
+| db_pool_size | TETHER_DB_POOL_SIZE | 10 database connections per server (a hard cap: no overflow) |
+| health_interval | TETHER_HEALTH_INTERVAL | 1 second between database pings |
+
+Database URLs: `postgres://` and `postgresql://` mean asyncpg (`postgresql+asyncpg://`),
+`sqlite://` means aiosqlite; relative SQLite paths are made absolute when the
+settings load, so the server and `tether migrate` agree on the file.
+
+Not enforced yet: authentication, TLS and metrics arrive in later releases. Their
+settings are parsed and validated now (the files must exist), and the server
+logs a `setting_not_enforced` warning for each one that is set, naming what is
+not happening. It does not refuse to start, so a deployment can be configured
+ahead of the upgrade; but until then the warning is the only signal, and the
+server is exactly as open as one without those settings.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, FilePath, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_FILE = "tether.db"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["json", "console"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> Any:
+    """`30d`, `12h`, `90m`, `3600s`, `1w` or bare seconds; other input (ISO 8601
+    `P30D`, a timedelta) is left to pydantic's own timedelta parsing."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the async driver for plain URLs and make SQLite paths absolute."""
+    parsed = make_url(url)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgres", "postgresql") and not driver:
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        if not driver:
+            parsed = parsed.set(drivername="sqlite+aiosqlite")
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            parsed = parsed.set(database=str(Path(database).expanduser().resolve()))
+    return parsed.render_as_string(hide_password=False)
+
+
+def _default_database_url() -> str:
+    return normalize_database_url(f"sqlite:///{DEFAULT_DATABASE_FILE}")
+
+
+def _default_log_format() -> LogFormat:
+    # Humans at a terminal get colours; containers and pipes get JSON lines.
+    return "console" if sys.stderr.isatty() else "json"
+
+
+class Settings(BaseSettings):
+    """Everything `tether serve` needs; see the module docstring for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="TETHER_", extra="ignore", frozen=True)
+
+    listen: str = DEFAULT_LISTEN
+    database_url: str = Field(default_factory=_default_database_url)
+    auth_file: FilePath | None = None
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    tls_client_ca_file: FilePath | None = None
+    metrics_listen: str | None = None
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = Field(default_factory=_default_log_format)
+    retention: Duration = timedelta(days=30)
+    migrate_on_start: bool = True
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    health_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+    def not_enforced(self) -> list[tuple[str, str]]:
+        """(setting, what is not happening) for every set setting that a later release enforces."""
+        notes: list[tuple[str, str]] = []
+        if self.auth_file is not None:
+            notes.append(("auth_file", "authentication is not enforced yet: every caller is an admin"))
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            if getattr(self, name) is not None:
+                notes.append((name, "TLS is not served yet: the server listens in plaintext"))
+        if self.metrics_listen is not None:
+            notes.append(("metrics_listen", "metrics are not served yet"))
+        return notes
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into its parts; ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with `overrides` (e.g. CLI flags) winning; None means unset."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""The data layer: schema, engines, migrations and the repository modules."""

@@ -1,0 +1,167 @@
+"""The server interceptor: one log line per RPC, and the error safety net.
+
+Each handler's behaviour is wrapped (the method handler is rebuilt around it),
+so the wrapper sees the outcome of every call, unary or streaming:
+
+- `ApiError` becomes its status, message and rich details (AIP-193);
+- a database exception that `errors.from_database_error` recognises becomes
+  that error (UNAVAILABLE: safe to retry);
+- anything else is a bug: logged with its traceback, answered with a generic
+  INTERNAL that carries no SQL, no exception text and no stack.
+
+Then it logs `rpc` with `method`, `code` (the status code name) and
+`duration_ms`. Health and reflection calls pass through untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeAlias
+
+import grpc
+
+from tether.server import errors
+from tether.server.log import get_logger
+
+# Quoted: grpc's runtime classes are not subscriptable.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Continuation: TypeAlias = (
+    "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
+)
+UnaryBehaviour: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
+StreamBehaviour: TypeAlias = "Callable[[Any, Context], AsyncIterator[Any]]"
+
+# Infrastructure services: no wrapping, no per-call log line.
+PASS_THROUGH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Codes that mean the server (not the caller) has a problem.
+_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _status_code(context: Context) -> grpc.StatusCode:
+    """The code the call ended with; OK when the handler set none."""
+    code: Any = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    # grpcio's aio context reports the raw integer.
+    return _CODES_BY_VALUE.get(code, grpc.StatusCode.OK) if isinstance(code, int) else grpc.StatusCode.OK
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Logs every RPC and turns exceptions into statuses; see the module docstring."""
+
+    def __init__(self) -> None:
+        # Bound now (after logging is configured), not lazily on every call.
+        self._log = get_logger().bind()
+        # Registered handlers are fixed per method: wrap each once, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PASS_THROUGH_PREFIXES):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
+        return cached[1]
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        kind = (handler.request_streaming, handler.response_streaming)
+        behaviour: Any = {
+            (False, False): handler.unary_unary,
+            (False, True): handler.unary_stream,
+            (True, False): handler.stream_unary,
+            (True, True): handler.stream_stream,
+        }[kind]
+        if inspect.isasyncgenfunction(behaviour):
+            wrapped: Any = self._wrap_stream(behaviour, method)
+        elif inspect.iscoroutinefunction(behaviour):
+            wrapped = self._wrap_unary(behaviour, method)
+        else:
+            return handler  # a synchronous behaviour runs in grpc's thread pool; leave it be
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[kind]
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behaviour: UnaryBehaviour, method: str) -> UnaryBehaviour:
+        """For unary responses, and for streaming ones written with `context.write`."""
+
+        async def wrapped(request: Any, context: Context) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                response = await behaviour(request, context)
+                code = _status_code(context)
+                return response
+            except BaseException as exc:
+                code = self._code_of(exc, context)
+                await self._answer(exc, context, method)
+            finally:
+                self._log_call(method, code, start)
+
+        return wrapped
+
+    def _wrap_stream(self, behaviour: StreamBehaviour, method: str) -> StreamBehaviour:
+        """For streaming responses produced by an async generator."""
+
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+                code = _status_code(context)
+            except BaseException as exc:
+                code = self._code_of(exc, context)
+                await self._answer(exc, context, method)
+            finally:
+                self._log_call(method, code, start)
+
+        return wrapped
+
+    def _code_of(self, exc: BaseException, context: Context) -> grpc.StatusCode:
+        if isinstance(exc, grpc.aio.AbortError):
+            return _status_code(context)
+        if not isinstance(exc, Exception):
+            # CancelledError, or GeneratorExit when a stream is closed early.
+            return grpc.StatusCode.CANCELLED
+        return self._to_api_error(exc).code
+
+    def _to_api_error(self, exc: BaseException) -> errors.ApiError:
+        if isinstance(exc, errors.ApiError):
+            return exc
+        if isinstance(exc, Exception):
+            mapped = errors.from_database_error(exc)
+            if mapped is not None:
+                return mapped
+        return errors.internal()
+
+    async def _answer(self, exc: BaseException, context: Context, method: str) -> NoReturn:
+        """Re-raise what gRPC handles itself; abort with the right status otherwise."""
+        if isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception):
+            raise exc
+        err = self._to_api_error(exc)
+        if not isinstance(exc, errors.ApiError):
+            if err.code in _SERVER_FAULTS:
+                self._log.error("rpc_failed", method=method, exc_info=exc)
+            else:
+                self._log.warning("rpc_database_error", method=method, error=type(exc).__name__)
+        await context.abort(err.code, err.message, trailing_metadata=err.trailing_metadata())
+
+    def _log_call(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        duration_ms = round((time.perf_counter() - start) * 1000, 3)
+        log = self._log.error if code in _SERVER_FAULTS else self._log.info
+        log("rpc", method=method, code=code.name, duration_ms=duration_ms)
