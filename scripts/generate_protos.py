@@ -24,9 +24,11 @@ THIRD_PARTY = ROOT / "third_party" / "googleapis"
 OUTPUT = ROOT / "client"
 PACKAGE_DIR = Path("tether") / "v1"
 WKT_INCLUDE = Path(grpc_tools.__file__).parent / "_proto"
+DESCRIPTOR_SET = "descriptor_set.binpb"
 
 
 def generate(out_root: Path) -> None:
+    (out_root / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     args = [
         "grpc_tools.protoc",
@@ -37,6 +39,10 @@ def generate(out_root: Path) -> None:
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--mypy_grpc_out={out_root}",
+        # With comments, for server reflection (so `grpcurl describe` shows the docs).
+        f"--descriptor_set_out={out_root / PACKAGE_DIR / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
         *protos,
     ]
     if protoc.main(args) != 0:
