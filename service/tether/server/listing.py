@@ -51,7 +51,7 @@ class Lister:
         page: PageRequest,
         parent_exists: Callable[[], Awaitable[object]],
     ) -> tuple[list[Row], str]:
-        async with self._db.transaction() as conn:
+        async with self._db.read() as conn:
             rows: Sequence[Row] = (await conn.execute(paginate(stmt, page))).mappings().all()
         if not rows:
             await parent_exists()  # an empty page of a missing parent is NOT_FOUND

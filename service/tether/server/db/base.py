@@ -12,6 +12,8 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.server.db.engine import READ_ONLY
+
 Row = Mapping[Any, Any]
 
 
@@ -36,6 +38,15 @@ class Database:
         """One transaction: committed on success, rolled back on any error."""
         async with self.engine.begin() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (on SQLite it runs beside writers instead of
+        queueing for the write lock). It must not write."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            async with conn.begin():
+                yield conn
 
 
 def constraint_kind(error: Exception) -> str:

@@ -21,7 +21,7 @@ async def create(db: Database, values: dict[str, Any]) -> Row:
 
 
 async def get(db: Database, namespace: str) -> Row:
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         row = (
             (await conn.execute(select(namespaces).where(namespaces.c.namespace == namespace)))
             .mappings()

@@ -31,7 +31,7 @@ def _external_id_taken(external_id: str) -> errors.ApiError:
 
 
 async def get(db: Database, namespace: str, participant: str) -> Row:
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         row: Row | None = (
             (await conn.execute(select(participants).where(_pk(namespace, participant)))).mappings().first()
         )

@@ -107,14 +107,14 @@ def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def get(db: Database, namespace: str, session: str) -> Row:
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         return await get_in(conn, namespace, session)
 
 
 async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Row]:
     """All or nothing, in request order (duplicates allowed)."""
     stmt = select(sessions).where(sessions.c.namespace == namespace, sessions.c.session.in_(set(ids)))
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         rows = {row["session"]: row for row in (await conn.execute(stmt)).mappings()}
     missing = [i for i in ids if i not in rows]
     if missing:
@@ -277,7 +277,7 @@ def _immutable_changes(current: Row, unchanged: dict[str, Any]) -> list[errors.F
 
 async def _check_unchanged(db: Database, namespace: str, session: str, unchanged: dict[str, Any]) -> Row:
     """An update that writes nothing: only check what the caller sent back."""
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         current = await get_in(conn, namespace, session)
     bad = _immutable_changes(current, unchanged)
     if bad:
