@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from tests.support.server import ServerFactory
 from tether.client import (
     AsyncSessionsClient,
     ExternalConversation,
@@ -15,7 +16,6 @@ from tether.client import (
     Participant,
     Session,
 )
-from tests.support.server import ServerFactory
 
 CALLS = 64
 

@@ -4,14 +4,16 @@ transactions and the clock."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.server import errors
 from tether.server.db.engine import READ_ONLY
 
 Row = Mapping[Any, Any]
@@ -36,17 +38,29 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed on success, rolled back on any error."""
-        async with self.engine.begin() as conn:
+        async with self._connection(read_only=False) as conn:
             yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (on SQLite it runs beside writers instead of
         queueing for the write lock). It must not write."""
-        async with self.engine.connect() as conn:
-            await conn.execution_options(**{READ_ONLY: True})
-            async with conn.begin():
-                yield conn
+        async with self._connection(read_only=True) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _connection(self, *, read_only: bool) -> AsyncIterator[AsyncConnection]:
+        async with AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(self.engine.connect())
+            except (DBAPIError, OSError) as exc:
+                # No connection to be had, whatever the driver says why: the
+                # database is unreachable from here, and a retry may succeed.
+                raise errors.unavailable() from exc
+            if read_only:
+                await conn.execution_options(**{READ_ONLY: True})
+            await stack.enter_async_context(conn.begin())
+            yield conn
 
 
 def constraint_kind(error: Exception) -> str:

@@ -1,0 +1,133 @@
+"""The server's life around its database: health follows the database, SIGTERM
+lets in-flight calls finish, and migrations create exactly the declared schema."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import sql
+
+from tests.support.databases import DatabaseBackend, PostgresBackend, libpq_url
+from tests.support.server import ServerFactory
+from tests.support.tools import describe, run_tool
+from tether.client import Participant, Session, SessionsClient, UnavailableError
+from tether.server.db.migrate import schema_drift
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+DEADLINE_SECONDS = 60.0
+
+
+def _admin(backend: DatabaseBackend) -> psycopg.Connection[tuple[object, ...]]:
+    assert isinstance(backend, PostgresBackend)
+    return psycopg.connect(backend.admin_url, autocommit=True)
+
+
+def _dbname(database_url: str) -> str:
+    return urlsplit(database_url).path.lstrip("/")
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll a condition that another process makes true, up to a deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextmanager
+def _health_watch(target: str) -> Iterator[Iterator[health_pb2.HealthCheckResponse]]:
+    with grpc.insecure_channel(target) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE_SECONDS
+        )
+        yield stream
+        stream.cancel()
+
+
+def _next_status(stream: Iterator[health_pb2.HealthCheckResponse], wanted: int) -> None:
+    for update in stream:
+        if update.status == wanted:
+            return
+    raise AssertionError("health stream ended")
+
+
+@pytest.mark.pg_only
+def test_health_follows_the_database(
+    server_factory: ServerFactory, database_backend: DatabaseBackend
+) -> None:
+    url = server_factory.new_database()
+    server = server_factory(url, env={"TETHER_HEALTH_INTERVAL": "0.2"})
+    dbname = sql.Identifier(_dbname(url))
+    client = SessionsClient(server.target, retry=False)
+    with _health_watch(server.target) as health, _admin(database_backend) as admin:
+        _next_status(health, SERVING)
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(dbname))
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (_dbname(url),)
+        )
+        _next_status(health, NOT_SERVING)
+        with pytest.raises(UnavailableError) as info:
+            client.get_namespace(name="namespaces/default")
+        assert info.value.reason == "DATABASE_UNAVAILABLE"
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(dbname))
+        _next_status(health, SERVING)
+    assert client.get_namespace(name="namespaces/default").name == "namespaces/default"
+    client.close()
+    assert server.stop() == 0
+
+
+@pytest.mark.pg_only
+def test_sigterm_lets_in_flight_calls_finish(server_factory: ServerFactory) -> None:
+    url = server_factory.new_database()
+    server = server_factory(url)
+    client = SessionsClient(server.target, retry=False)
+    agent = client.create_participant(
+        parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
+    ).name
+    session = client.create_session(
+        parent="namespaces/default", session=Session(kind=Session.KIND_TRIGGER, agent=agent)
+    )
+    session_id = session.name.rsplit("/", 1)[1]
+    with psycopg.connect(libpq_url(url)) as blocker, ThreadPoolExecutor(1) as pool:
+        # Hold the session's row lock so RecordActivity stays in flight.
+        blocker.execute("SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session_id,))
+        in_flight = pool.submit(client.record_activity, name=session.name)
+        with psycopg.connect(libpq_url(url), autocommit=True) as observer:
+            _wait_until(
+                lambda: (
+                    observer.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    ).fetchone()
+                    == (1,)
+                ),
+                "RecordActivity to wait on the row lock",
+            )
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait_for_event("stopping") is not None
+        blocker.rollback()  # release the lock: the call may now finish
+        finished = in_flight.result(timeout=DEADLINE_SECONDS)
+    assert finished.last_activity_time.ToDatetime() > session.last_activity_time.ToDatetime()
+    assert server.stop() == 0, server.log_text()
+    client.close()
+
+
+def test_migrations_create_the_declared_schema(database_backend: DatabaseBackend) -> None:
+    url = database_backend.new_database()
+    result = run_tool("tether", ["migrate", "--database-url", url])
+    assert result.returncode == 0, describe(result)
+    assert schema_drift(url) == []
+    # Migrating again is a no-op.
+    again = run_tool("tether", ["migrate", "--database-url", url])
+    assert again.returncode == 0, describe(again)
