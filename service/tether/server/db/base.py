@@ -38,18 +38,28 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed on success, rolled back on any error."""
-        async with self._connection(read_only=False) as conn:
+        async with self._connection() as conn:
             yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (on SQLite it runs beside writers instead of
-        queueing for the write lock). It must not write."""
-        async with self._connection(read_only=True) as conn:
+        """For reads that need no snapshot across statements. PostgreSQL: autocommit
+        (no BEGIN/COMMIT round trips); SQLite: a deferred transaction that runs
+        beside writers instead of queueing for the write lock. It must not write."""
+        async with self._connection(autocommit=True, sqlite_read_only=True) as conn:
             yield conn
 
     @asynccontextmanager
-    async def _connection(self, *, read_only: bool) -> AsyncIterator[AsyncConnection]:
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """For a write that is one statement (atomic by itself): on PostgreSQL it
+        runs in autocommit mode, saving the BEGIN and COMMIT round trips."""
+        async with self._connection(autocommit=True) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _connection(
+        self, *, autocommit: bool = False, sqlite_read_only: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         async with AsyncExitStack() as stack:
             try:
                 conn = await stack.enter_async_context(self.engine.connect())
@@ -57,7 +67,9 @@ class Database:
                 # No connection to be had, whatever the driver says why: the
                 # database is unreachable from here, and a retry may succeed.
                 raise errors.unavailable() from exc
-            if read_only:
+            if self.is_postgresql and autocommit:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            elif sqlite_read_only:
                 await conn.execution_options(**{READ_ONLY: True})
             await stack.enter_async_context(conn.begin())
             yield conn

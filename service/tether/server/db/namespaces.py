@@ -13,7 +13,7 @@ from tether.server.db.schema import namespaces, participants, sessions
 
 async def create(db: Database, values: dict[str, Any]) -> Row:
     stmt = db.insert(namespaces).values(values).on_conflict_do_nothing().returning(namespaces)
-    async with db.transaction() as conn:
+    async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
     if row is None:
         raise errors.already_exists(names.namespace_name(values["namespace"]), "namespace")

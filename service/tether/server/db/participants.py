@@ -86,7 +86,8 @@ async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, boo
         .returning(participants)
     )
     try:
-        async with db.transaction() as conn:
+        # One statement at a time suffices: the insert is atomic on its own.
+        async with db.statement() as conn:
             found = (await conn.execute(select(participants).where(key))).mappings().first()
             if found is not None:
                 return found, False
@@ -123,7 +124,7 @@ async def update_participant(
         .returning(participants)
     )
     try:
-        async with db.transaction() as conn:
+        async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await _current(conn, namespace, participant)
@@ -150,7 +151,7 @@ async def soft_delete(db: Database, namespace: str, participant: str) -> Row:
         )
         .returning(participants)
     )
-    async with db.transaction() as conn:
+    async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             await _current(conn, namespace, participant)
@@ -166,7 +167,7 @@ async def undelete(db: Database, namespace: str, participant: str) -> Row:
         .returning(participants)
     )
     try:
-        async with db.transaction() as conn:
+        async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 await _current(conn, namespace, participant)

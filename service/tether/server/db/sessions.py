@@ -161,6 +161,10 @@ async def find_or_create(
         .on_conflict_do_nothing(index_elements=target.index_elements, index_where=target.index_where)
         .returning(sessions)
     )
+    async with db.read() as conn:  # the hot path: the key usually exists
+        existing: Row | None = (await conn.execute(live)).mappings().first()
+    if existing is not None:
+        return existing, False
     for _ in range(3):
         try:
             async with db.transaction() as conn:
@@ -220,7 +224,7 @@ async def record_activity(db: Database, namespace: str, session: str, when: date
         )
         .returning(sessions)
     )
-    async with db.transaction() as conn:
+    async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             _raise_not_live(await get_in(conn, namespace, session))
@@ -251,7 +255,7 @@ async def update_session(
         .returning(sessions)
     )
     try:
-        async with db.transaction() as conn:
+        async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await get_in(conn, namespace, session)
@@ -295,7 +299,7 @@ async def soft_delete(db: Database, namespace: str, session: str) -> Row:
         )
         .returning(sessions)
     )
-    async with db.transaction() as conn:
+    async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             raise _deleted(await get_in(conn, namespace, session))
@@ -311,7 +315,7 @@ async def undelete(db: Database, namespace: str, session: str) -> Row:
         .returning(sessions)
     )
     try:
-        async with db.transaction() as conn:
+        async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 await get_in(conn, namespace, session)
