@@ -19,7 +19,7 @@ from psycopg import sql
 from tests.support.databases import DatabaseBackend, PostgresBackend, libpq_url
 from tests.support.server import ServerFactory
 from tests.support.tools import describe, run_tool
-from tether.client import Participant, Session, SessionsClient, UnavailableError
+from tether.client import NotFoundError, Participant, Session, SessionsClient, UnavailableError
 from tether.server.db.migrate import schema_drift
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -131,3 +131,18 @@ def test_migrations_create_the_declared_schema(database_backend: DatabaseBackend
     # Migrating again is a no-op.
     again = run_tool("tether", ["migrate", "--database-url", url])
     assert again.returncode == 0, describe(again)
+
+
+def test_one_log_line_per_rpc(server_factory: ServerFactory) -> None:
+    server = server_factory()
+    with SessionsClient(server.target) as client:
+        client.get_namespace(name="namespaces/default")
+        with pytest.raises(NotFoundError):
+            client.get_namespace(name="namespaces/missing")
+    method = "/tether.v1.SessionService/GetNamespace"
+    ok = server.wait_for_event("rpc", method=method, code="OK")
+    missing = server.wait_for_event("rpc", method=method, code="NOT_FOUND")
+    assert ok is not None
+    assert missing is not None, server.log_text()
+    assert isinstance(ok["duration_ms"], float)
+    assert len([e for e in server.events() if e.get("event") == "rpc" and e.get("method") == method]) == 2

@@ -69,22 +69,6 @@ def migrate_sync(url: str, revision: str = "head") -> None:
     asyncio.run(migrate(url, revision))
 
 
-def _default_text(default: Any) -> str | None:
-    arg = getattr(default, "arg", None)
-    return arg if isinstance(arg, str) else getattr(arg, "text", None)
-
-
-def _is_alembic_quirk(diff: Any) -> bool:
-    """Alembic's SQLite comparison reports `server_default=""` against a reflected `('')`
-    as a change (its unquoting regex needs one character); the two are the same default."""
-    return (
-        isinstance(diff, tuple)
-        and diff[0] == "modify_default"
-        and _default_text(diff[-1]) == ""
-        and (_default_text(diff[-2]) or "").strip("()") == "''"
-    )
-
-
 def _compare(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(
         connection, opts={"compare_type": True, "compare_server_default": True}
@@ -93,7 +77,7 @@ def _compare(connection: Connection) -> list[Any]:
     diffs: list[Any] = []
     for item in compare_metadata(context, schema.metadata):
         diffs.extend(item if isinstance(item, list) else [item])
-    return [diff for diff in diffs if not _is_alembic_quirk(diff)]
+    return diffs
 
 
 async def schema_drift_async(url: str) -> list[Any]:

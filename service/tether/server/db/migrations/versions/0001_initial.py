@@ -40,7 +40,7 @@ def _ts(name: str, nullable: bool = False) -> sa.Column[datetime]:
 
 
 def _text(name: str) -> sa.Column[str]:
-    return sa.Column(name, sa.Text(), nullable=False, server_default="")
+    return sa.Column(name, sa.Text(), nullable=False, server_default=sa.text("''"))
 
 
 def _flag(name: str, default: bool) -> sa.Column[bool]:
