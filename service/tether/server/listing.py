@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, Table, select
 
 from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
@@ -16,6 +16,7 @@ from tether.server.query import (
     PARTICIPANT_ORDER_FIELDS,
     SESSION_FILTER_FIELDS,
     SESSION_ORDER_FIELDS,
+    FilterField,
     OrderFields,
     PageRequest,
     compile_filter,
@@ -68,33 +69,36 @@ class Lister:
     async def participants(
         self, namespace: str, request: pb.ListParticipantsRequest
     ) -> tuple[list[Row], str]:
-        ordering = parse_order_by(request.order_by, PARTICIPANT_ORDER_FIELDS)
-        where = compile_filter(request.filter, PARTICIPANT_FILTER_FIELDS, namespace=namespace)
-        page = page_request(
-            page_size=request.page_size,
-            page_token=request.page_token,
-            ordering=ordering,
-            binding=(request.parent, request.filter, str(request.show_deleted)),
+        return await self._soft_deletable(
+            participants, PARTICIPANT_FILTER_FIELDS, PARTICIPANT_ORDER_FIELDS, namespace, request
         )
-        stmt = select(participants).where(participants.c.namespace == namespace)
-        if not request.show_deleted:
-            stmt = stmt.where(participants.c.delete_time.is_(None))
-        if where is not None:
-            stmt = stmt.where(where)
-        return await self._page(stmt, page, lambda: namespace_db.get(self._db, namespace))
 
     async def sessions(self, namespace: str, request: pb.ListSessionsRequest) -> tuple[list[Row], str]:
-        ordering = parse_order_by(request.order_by, SESSION_ORDER_FIELDS)
-        where = compile_filter(request.filter, SESSION_FILTER_FIELDS, namespace=namespace)
+        return await self._soft_deletable(
+            sessions, SESSION_FILTER_FIELDS, SESSION_ORDER_FIELDS, namespace, request
+        )
+
+    async def _soft_deletable(
+        self,
+        table: Table,
+        filter_fields: Mapping[str, FilterField],
+        order_fields: OrderFields,
+        namespace: str,
+        request: pb.ListParticipantsRequest | pb.ListSessionsRequest,
+    ) -> tuple[list[Row], str]:
+        """A page of a namespace's participants or sessions: filtered, ordered,
+        soft-deleted rows hidden unless `show_deleted`."""
+        ordering = parse_order_by(request.order_by, order_fields)
+        where = compile_filter(request.filter, filter_fields, namespace=namespace)
         page = page_request(
             page_size=request.page_size,
             page_token=request.page_token,
             ordering=ordering,
             binding=(request.parent, request.filter, str(request.show_deleted)),
         )
-        stmt = select(sessions).where(sessions.c.namespace == namespace)
+        stmt = select(table).where(table.c.namespace == namespace)
         if not request.show_deleted:
-            stmt = stmt.where(sessions.c.delete_time.is_(None))
+            stmt = stmt.where(table.c.delete_time.is_(None))
         if where is not None:
             stmt = stmt.where(where)
         return await self._page(stmt, page, lambda: namespace_db.get(self._db, namespace))
