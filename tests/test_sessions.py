@@ -304,3 +304,16 @@ def test_page_token_is_bound_to_its_query(client: SessionsClient, parent: str, a
         client.list_sessions_page(parent=parent, page_token="garbage")
     with pytest.raises(InvalidArgumentError):
         client.list_sessions_page(parent=parent, page_size=-1)
+
+
+def test_disabled_session_refuses_updates_until_enabled(
+    client: SessionsClient, parent: str, agent: str
+) -> None:
+    s = client.create_session(parent=parent, session=Session(kind=TRIGGER, agent=agent))
+    client.update_session(session=Session(name=s.name, enabled=False))
+    with pytest.raises(FailedPreconditionError) as info:
+        client.update_session(session=Session(name=s.name, display_name="x"))
+    assert info.value.reason == "SESSION_DISABLED"
+    enabled = client.update_session(session=Session(name=s.name, enabled=True, display_name="back"))
+    assert enabled.enabled
+    assert enabled.display_name == "back"

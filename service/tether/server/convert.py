@@ -9,15 +9,13 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from tether.server import names
+from tether.server.etags import format_etag
 from tether.v1 import namespace_pb2, participant_pb2, session_pb2
 
 Row = Mapping[Any, Any]
 
 
-def etag(uid: str, version: int) -> str:
-    """A strong etag from the row version; the uid prefix keeps a recreated
-    resource of the same name from matching an old etag."""
-    return f'"{uid[:8]}-{version}"'
+etag = format_etag
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import empty_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server import convert, errors, names
+from tether.server import convert, errors, etags, names
 from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
 from tether.server.db import participants as participant_db
@@ -103,7 +103,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
 
     async def DeleteNamespace(self, request: pb.DeleteNamespaceRequest, context: Context) -> empty_pb2.Empty:
         namespace = names.parse_namespace(request.name)
-        await namespace_db.delete_namespace(self._db, namespace, force=request.force)
+        await namespace_db.delete_namespace(
+            self._db, namespace, force=request.force, expected=etags.parse(request.etag)
+        )
         return empty_pb2.Empty()
 
     # Participants ------------------------------------------------------
@@ -168,7 +170,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.check()
         values = participant_rules.column_values(p, mask.mutable)
         kind = p.kind if "kind" in mask.immutable else None
-        row = await participant_db.update_participant(self._db, ref.namespace, ref.participant, values, kind)
+        row = await participant_db.update_participant(
+            self._db, ref.namespace, ref.participant, values, kind, etags.parse(p.etag)
+        )
         return convert.participant_to_proto(row)
 
     async def DeleteParticipant(
@@ -176,7 +180,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     ) -> participant_pb2.Participant:
         ref = names.parse_participant(request.name)
         return convert.participant_to_proto(
-            await participant_db.soft_delete(self._db, ref.namespace, ref.participant)
+            await participant_db.soft_delete(
+                self._db, ref.namespace, ref.participant, etags.parse(request.etag)
+            )
         )
 
     async def UndeleteParticipant(
@@ -184,7 +190,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     ) -> participant_pb2.Participant:
         ref = names.parse_participant(request.name)
         return convert.participant_to_proto(
-            await participant_db.undelete(self._db, ref.namespace, ref.participant)
+            await participant_db.undelete(self._db, ref.namespace, ref.participant, etags.parse(request.etag))
         )
 
     async def FindOrCreateParticipant(
@@ -274,18 +280,22 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             unchanged[field] = value
         v.check()
         values = session_rules.mutable_values(s, mask.mutable, utcnow())
-        row = await session_db.update_session(self._db, ref.namespace, ref.session, values, unchanged)
+        row = await session_db.update_session(
+            self._db, ref.namespace, ref.session, values, unchanged, etags.parse(s.etag)
+        )
         return convert.session_to_proto(row)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> session_pb2.Session:
         ref = names.parse_session(request.name)
-        return convert.session_to_proto(await session_db.soft_delete(self._db, ref.namespace, ref.session))
+        row = await session_db.soft_delete(self._db, ref.namespace, ref.session, etags.parse(request.etag))
+        return convert.session_to_proto(row)
 
     async def UndeleteSession(
         self, request: pb.UndeleteSessionRequest, context: Context
     ) -> session_pb2.Session:
         ref = names.parse_session(request.name)
-        return convert.session_to_proto(await session_db.undelete(self._db, ref.namespace, ref.session))
+        row = await session_db.undelete(self._db, ref.namespace, ref.session, etags.parse(request.etag))
+        return convert.session_to_proto(row)
 
     async def PurgeSessions(
         self, request: pb.PurgeSessionsRequest, context: Context
@@ -357,7 +367,12 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.enum("member.role", request.member.role, ROLES)
         v.check()
         row = await member_db.update_role(
-            self._db, ref.namespace, ref.session, ref.participant, request.member.role
+            self._db,
+            ref.namespace,
+            ref.session,
+            ref.participant,
+            request.member.role,
+            etags.parse(request.member.etag),
         )
         return convert.member_to_proto(row)
 

@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server import errors, names
+from tether.server import errors, etags, names
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, utcnow
 from tether.server.db.schema import members, participants, sessions
+from tether.server.etags import Etag
 
 # A member row joined with what the Member message shows of its participant.
 _MEMBER_COLUMNS = [
@@ -89,17 +90,30 @@ async def add(db: Database, namespace: str, session: str, participant: str, role
         return await _get(conn, namespace, session, participant)
 
 
-async def update_role(db: Database, namespace: str, session: str, participant: str, role: int) -> Row:
+async def update_role(
+    db: Database, namespace: str, session: str, participant: str, role: int, expected: Etag | None = None
+) -> Row:
+    conditions = [_pk(namespace, session, participant)]
+    participant_uid = (
+        select(participants.c.uid)
+        .where(participants.c.namespace == namespace, participants.c.participant == participant)
+        .scalar_subquery()
+    )
+    etag_condition = etags.condition(participant_uid, members.c.version, expected)
+    if etag_condition is not None:
+        conditions.append(etag_condition)
     stmt = (
         update(members)
-        .where(_pk(namespace, session, participant))
+        .where(*conditions)
         .values(role=role, update_time=utcnow(), version=members.c.version + 1)
         .returning(members.c.participant)
     )
+    name = names.member_name(namespace, session, participant)
     async with db.transaction() as conn:
         if (await conn.execute(stmt)).first() is None:
             await session_db.get_in(conn, namespace, session)
-            raise errors.not_found(names.member_name(namespace, session, participant), "member")
+            current = await _get(conn, namespace, session, participant)
+            etags.check(name, {"uid": current["participant_uid"], "version": current["version"]}, expected)
         return await _get(conn, namespace, session, participant)
 
 

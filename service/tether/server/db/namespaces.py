@@ -6,9 +6,10 @@ from typing import Any
 
 from sqlalchemy import and_, delete, exists, select
 
-from tether.server import errors, names
+from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row
 from tether.server.db.schema import namespaces, participants, sessions
+from tether.server.etags import Etag
 
 
 async def create(db: Database, values: dict[str, Any]) -> Row:
@@ -32,7 +33,9 @@ async def get(db: Database, namespace: str) -> Row:
     return row
 
 
-async def delete_namespace(db: Database, namespace: str, *, force: bool) -> None:
+async def delete_namespace(
+    db: Database, namespace: str, *, force: bool, expected: Etag | None = None
+) -> None:
     """Delete for good, with everything in it; without `force` only an empty
     namespace (the emptiness test is part of the DELETE statement)."""
     conditions = [namespaces.c.namespace == namespace]
@@ -41,13 +44,18 @@ async def delete_namespace(db: Database, namespace: str, *, force: bool) -> None
             ~exists().where(participants.c.namespace == namespace),
             ~exists().where(sessions.c.namespace == namespace),
         ]
+    etag_condition = etags.condition(namespaces.c.uid, namespaces.c.version, expected)
+    if etag_condition is not None:
+        conditions.append(etag_condition)
     stmt = delete(namespaces).where(and_(*conditions)).returning(namespaces.c.namespace)
     async with db.transaction() as conn:
         if (await conn.execute(stmt)).first() is not None:
             return
-        found = await conn.execute(select(namespaces.c.namespace).where(namespaces.c.namespace == namespace))
-        if found.first() is None:
+        found = (await conn.execute(select(namespaces).where(namespaces.c.namespace == namespace))).mappings()
+        current = found.first()
+        if current is None:
             raise errors.not_found(names.namespace_name(namespace), "namespace")
+        etags.check(names.namespace_name(namespace), current, expected)
     raise errors.failed_precondition(
         "NAMESPACE_NOT_EMPTY",
         f"namespace {names.namespace_name(namespace)!r} still holds participants or sessions; set force",

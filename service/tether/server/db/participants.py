@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import and_, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server import errors, names
+from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
 from tether.server.db.schema import namespaces, participants
+from tether.server.etags import Etag
 
 # The predicate of the partial unique index on external_id (ON CONFLICT must name it).
 _KEY_WHERE = and_(participants.c.delete_time.is_(None), participants.c.external_id.is_not(None))
@@ -106,15 +107,22 @@ async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, boo
 
 
 async def update_participant(
-    db: Database, namespace: str, participant: str, values: dict[str, Any], kind: int | None
+    db: Database,
+    namespace: str,
+    participant: str,
+    values: dict[str, Any],
+    kind: int | None,
+    expected: Etag | None = None,
 ) -> Row:
-    """Write `values`; `kind`, if given, must equal the stored (immutable) kind."""
+    """Write `values` in one conditional statement: `kind`, if given, must equal
+    the stored (immutable) kind, and the etag must match."""
+    name = names.participant_name(namespace, participant)
     if not values:
         current = await get(db, namespace, participant)
-        if kind is not None and current["kind"] != kind:
-            raise errors.bad_field("participant.kind", "is immutable", reason="IMMUTABLE_FIELD")
+        etags.check(name, current, expected)
+        _check_kind(current, kind)
         return current
-    conditions = [_pk(namespace, participant), participants.c.delete_time.is_(None)]
+    conditions = [_pk(namespace, participant), *_conditional(participants.c.delete_time.is_(None), expected)]
     if kind is not None:
         conditions.append(participants.c.kind == kind)
     stmt = (
@@ -128,21 +136,33 @@ async def update_participant(
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await _current(conn, namespace, participant)
+                etags.check(name, current, expected)
                 if current["delete_time"] is not None:
                     raise _deleted(namespace, participant)
-                raise errors.bad_field("participant.kind", "is immutable", reason="IMMUTABLE_FIELD")
+                _check_kind(current, kind)
     except IntegrityError as exc:
         if constraint_kind(exc) == "unique":
             raise _external_id_taken(values.get("external_id") or "") from None
         raise
+    assert row is not None
     return row
 
 
-async def soft_delete(db: Database, namespace: str, participant: str) -> Row:
+def _check_kind(current: Row, kind: int | None) -> None:
+    if kind is not None and current["kind"] != kind:
+        raise errors.bad_field("participant.kind", "is immutable", reason="IMMUTABLE_FIELD")
+
+
+def _conditional(live: ColumnElement[bool], expected: Etag | None) -> list[ColumnElement[bool]]:
+    etag_condition = etags.condition(participants.c.uid, participants.c.version, expected)
+    return [live] if etag_condition is None else [live, etag_condition]
+
+
+async def soft_delete(db: Database, namespace: str, participant: str, expected: Etag | None = None) -> Row:
     now = utcnow()
     stmt = (
         update(participants)
-        .where(_pk(namespace, participant), participants.c.delete_time.is_(None))
+        .where(_pk(namespace, participant), *_conditional(participants.c.delete_time.is_(None), expected))
         .values(
             delete_time=now,
             purge_time=now + db.retention,
@@ -154,15 +174,16 @@ async def soft_delete(db: Database, namespace: str, participant: str) -> Row:
     async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
-            await _current(conn, namespace, participant)
+            current = await _current(conn, namespace, participant)
+            etags.check(names.participant_name(namespace, participant), current, expected)
             raise _deleted(namespace, participant)
     return row
 
 
-async def undelete(db: Database, namespace: str, participant: str) -> Row:
+async def undelete(db: Database, namespace: str, participant: str, expected: Etag | None = None) -> Row:
     stmt = (
         update(participants)
-        .where(_pk(namespace, participant), participants.c.delete_time.is_not(None))
+        .where(_pk(namespace, participant), *_conditional(participants.c.delete_time.is_not(None), expected))
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=participants.c.version + 1)
         .returning(participants)
     )
@@ -170,7 +191,8 @@ async def undelete(db: Database, namespace: str, participant: str) -> Row:
         async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                await _current(conn, namespace, participant)
+                current = await _current(conn, namespace, participant)
+                etags.check(names.participant_name(namespace, participant), current, expected)
                 raise errors.already_exists(
                     names.participant_name(namespace, participant),
                     "participant",

@@ -6,16 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from sqlalchemy import ColumnElement, and_, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server import errors, names
+from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
 from tether.server.db.schema import members, namespaces, participants, sessions
+from tether.server.etags import Etag
 from tether.v1 import participant_pb2, session_pb2
 
 _KIND_NAMES: dict[int, str] = {
@@ -238,16 +239,23 @@ async def update_session(
     session: str,
     values: dict[str, Any],
     unchanged: dict[str, Any],
+    expected: Etag | None = None,
 ) -> Row:
-    """Write `values`; every column in `unchanged` must still hold its value
-    (immutable fields the caller sent back). Only a GROUP session takes a
-    non-empty group_name."""
+    """Write `values` in one conditional statement. Every column in `unchanged`
+    must still hold its value (immutable fields the caller sent back), the etag
+    must match, the session must be live and enabled (unless this very update
+    enables it), and only a GROUP session takes a non-empty group_name."""
     if not values:
-        return await _check_unchanged(db, namespace, session, unchanged)
+        return await _check_unchanged(db, namespace, session, unchanged, expected)
     conditions = [_pk(namespace, session), sessions.c.delete_time.is_(None)]
     conditions += [sessions.c[column] == value for column, value in unchanged.items()]
+    if values.get("enabled") is not True:
+        conditions.append(sessions.c.enabled.is_(True))
     if values.get("group_name"):
         conditions.append(sessions.c.kind == session_pb2.Session.KIND_GROUP)
+    etag_condition = etags.condition(sessions.c.uid, sessions.c.version, expected)
+    if etag_condition is not None:
+        conditions.append(etag_condition)
     stmt = (
         update(sessions)
         .where(*conditions)
@@ -258,13 +266,7 @@ async def update_session(
         async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                current = await get_in(conn, namespace, session)
-                if current["delete_time"] is not None:
-                    raise _deleted(current)
-                bad = _immutable_changes(current, unchanged)
-                if bad:
-                    raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
-                raise errors.bad_field("session.group_name", "only GROUP sessions have a group_name")
+                _explain_refused_update(await get_in(conn, namespace, session), values, unchanged, expected)
     except IntegrityError as exc:
         if constraint_kind(exc) == "unique":
             raise _conversation_taken() from None
@@ -273,27 +275,50 @@ async def update_session(
     return row
 
 
+def _explain_refused_update(
+    current: Row, values: dict[str, Any], unchanged: dict[str, Any], expected: Etag | None
+) -> NoReturn:
+    """Why the conditional UPDATE matched no row (it exists: `current`)."""
+    etags.check(_name(current["namespace"], current["session"]), current, expected)
+    if current["delete_time"] is not None:
+        raise _deleted(current)
+    if not current["enabled"] and values.get("enabled") is not True:
+        _raise_not_live(current)
+    bad = _immutable_changes(current, unchanged)
+    if bad:
+        raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
+    raise errors.bad_field("session.group_name", "only GROUP sessions have a group_name")
+
+
 def _immutable_changes(current: Row, unchanged: dict[str, Any]) -> list[errors.FieldViolation]:
     return [
         errors.FieldViolation(f"session.{c}", "is immutable") for c, v in unchanged.items() if current[c] != v
     ]
 
 
-async def _check_unchanged(db: Database, namespace: str, session: str, unchanged: dict[str, Any]) -> Row:
+async def _check_unchanged(
+    db: Database, namespace: str, session: str, unchanged: dict[str, Any], expected: Etag | None
+) -> Row:
     """An update that writes nothing: only check what the caller sent back."""
     async with db.read() as conn:
         current = await get_in(conn, namespace, session)
+    etags.check(_name(namespace, session), current, expected)
     bad = _immutable_changes(current, unchanged)
     if bad:
         raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
     return current
 
 
-async def soft_delete(db: Database, namespace: str, session: str) -> Row:
+def _conditional(live: ColumnElement[bool], expected: Etag | None) -> list[ColumnElement[bool]]:
+    etag_condition = etags.condition(sessions.c.uid, sessions.c.version, expected)
+    return [live] if etag_condition is None else [live, etag_condition]
+
+
+async def soft_delete(db: Database, namespace: str, session: str, expected: Etag | None = None) -> Row:
     now = utcnow()
     stmt = (
         update(sessions)
-        .where(_pk(namespace, session), sessions.c.delete_time.is_(None))
+        .where(_pk(namespace, session), *_conditional(sessions.c.delete_time.is_(None), expected))
         .values(
             delete_time=now, purge_time=now + db.retention, update_time=now, version=sessions.c.version + 1
         )
@@ -302,15 +327,17 @@ async def soft_delete(db: Database, namespace: str, session: str) -> Row:
     async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
-            raise _deleted(await get_in(conn, namespace, session))
+            current = await get_in(conn, namespace, session)
+            etags.check(_name(namespace, session), current, expected)
+            raise _deleted(current)
     assert row is not None
     return row
 
 
-async def undelete(db: Database, namespace: str, session: str) -> Row:
+async def undelete(db: Database, namespace: str, session: str, expected: Etag | None = None) -> Row:
     stmt = (
         update(sessions)
-        .where(_pk(namespace, session), sessions.c.delete_time.is_not(None))
+        .where(_pk(namespace, session), *_conditional(sessions.c.delete_time.is_not(None), expected))
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=sessions.c.version + 1)
         .returning(sessions)
     )
@@ -318,7 +345,8 @@ async def undelete(db: Database, namespace: str, session: str) -> Row:
         async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                await get_in(conn, namespace, session)
+                current = await get_in(conn, namespace, session)
+                etags.check(_name(namespace, session), current, expected)
                 raise errors.already_exists(
                     _name(namespace, session), "session", message="session is not deleted"
                 )
