@@ -8,15 +8,17 @@ calls the data layer and converts rows back to messages. Errors are raised as
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server import convert, errors, etags, names
+from tether.server.db import idempotency as idempotency_db
 from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
 from tether.server.db import participants as participant_db
@@ -38,6 +40,9 @@ from tether.v1 import (
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+_Response = TypeVar("_Response", bound=Message)
+# How long a request id's first response is kept for retries (AIP-155).
+REQUEST_ID_TTL = timedelta(hours=24)
 ROLES: dict[int, str] = {
     session_pb2.Member.ROLE_OWNER: "OWNER",
     session_pb2.Member.ROLE_MEMBER: "MEMBER",
@@ -58,9 +63,36 @@ def _new_id(given: str, path: str, v: Violations) -> str:
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     """The servicer; stateless apart from the database handle."""
 
-    def __init__(self, engine: AsyncEngine, retention: timedelta) -> None:
+    def __init__(
+        self, engine: AsyncEngine, retention: timedelta, request_id_ttl: timedelta = REQUEST_ID_TTL
+    ) -> None:
         self._db = Database(engine, retention)
         self._lister = Lister(self._db)
+        self._request_id_ttl = request_id_ttl
+
+    async def _once(
+        self,
+        scope: str,
+        request: Message,
+        request_id: str,
+        response_type: type[_Response],
+        action: Callable[[], Awaitable[_Response]],
+    ) -> _Response:
+        """Run a creating call at most once per `request_id` (AIP-155): the claim,
+        the effect and the recorded response commit together."""
+        if not request_id:
+            return await action()
+        method = type(request).__name__.removesuffix("Request")
+        print_ = idempotency_db.fingerprint(method, request)
+        async with self._db.transaction() as conn:
+            replay = await idempotency_db.claim(
+                self._db, conn, scope, request_id, method, print_, self._request_id_ttl
+            )
+            if replay is not None:
+                return response_type.FromString(replay)
+            response = await action()
+            await idempotency_db.record(conn, scope, request_id, response.SerializeToString())
+            return response
 
     # Namespaces --------------------------------------------------------
 
@@ -85,7 +117,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         }
         if request.validate_only:
             return convert.namespace_to_proto(values)
-        return convert.namespace_to_proto(await namespace_db.create(self._db, values))
+
+        async def create() -> namespace_pb2.Namespace:
+            return convert.namespace_to_proto(await namespace_db.create(self._db, values))
+
+        return await self._once("", request, request.request_id, namespace_pb2.Namespace, create)
 
     async def GetNamespace(
         self, request: pb.GetNamespaceRequest, context: Context
@@ -140,7 +176,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             return convert.participant_to_proto(
                 {**values, "delete_time": None, "purge_time": None, "version": 1}
             )
-        return convert.participant_to_proto(await participant_db.create(self._db, values))
+
+        async def create() -> participant_pb2.Participant:
+            return convert.participant_to_proto(await participant_db.create(self._db, values))
+
+        return await self._once(namespace, request, request.request_id, participant_pb2.Participant, create)
 
     async def GetParticipant(
         self, request: pb.GetParticipantRequest, context: Context
@@ -210,9 +250,19 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         template.kind, template.external_id = request.kind, request.external_id
         values = self._new_participant(namespace, str(uuid.uuid4()), template, v)
         v.check()
-        row, created = await participant_db.find_or_create(self._db, values)
-        return pb.FindOrCreateParticipantResponse(
-            participant=convert.participant_to_proto(row), created=created
+
+        async def find_or_create() -> pb.FindOrCreateParticipantResponse:
+            row, created = await participant_db.find_or_create(self._db, values)
+            return pb.FindOrCreateParticipantResponse(
+                participant=convert.participant_to_proto(row), created=created
+            )
+
+        return await self._once(
+            namespace,
+            request,
+            request.request_id,
+            pb.FindOrCreateParticipantResponse,
+            find_or_create,
         )
 
     # Sessions ----------------------------------------------------------
@@ -224,11 +274,16 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.request_id("request_id", request.request_id)
         new = session_rules.new_session(namespace, session_id, request.session, "session", v)
         v.check()
-        row = await session_db.create(self._db, new.values, new.refs, validate_only=request.validate_only)
         if request.validate_only:
-            row = {**row, "expire_time": row.get("expire_time"), "delete_time": None, "purge_time": None}
-            row.setdefault("version", 1)
-        return convert.session_to_proto(row)
+            await session_db.create(self._db, new.values, new.refs, validate_only=True)
+            return convert.session_to_proto(
+                {**new.values, "delete_time": None, "purge_time": None, "version": 1}
+            )
+
+        async def create() -> session_pb2.Session:
+            return convert.session_to_proto(await session_db.create(self._db, new.values, new.refs))
+
+        return await self._once(namespace, request, request.request_id, session_pb2.Session, create)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> session_pb2.Session:
         ref = names.parse_session(request.name)
@@ -320,10 +375,20 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             target = session_db.conversation_target(
                 namespace, values["agent"], values["channel"], values["external_conversation_id"]
             )
-        row, created = await session_db.find_or_create(
-            self._db, target, values, new.refs, undelete_if_deleted=request.undelete_if_deleted
+
+        async def find_or_create() -> pb.FindOrCreateSessionResponse:
+            row, created = await session_db.find_or_create(
+                self._db, target, values, new.refs, undelete_if_deleted=request.undelete_if_deleted
+            )
+            return pb.FindOrCreateSessionResponse(session=convert.session_to_proto(row), created=created)
+
+        return await self._once(
+            namespace,
+            request,
+            request.request_id,
+            pb.FindOrCreateSessionResponse,
+            find_or_create,
         )
-        return pb.FindOrCreateSessionResponse(session=convert.session_to_proto(row), created=created)
 
     async def RecordActivity(
         self, request: pb.RecordActivityRequest, context: Context
@@ -354,8 +419,12 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.check()
         assert participant is not None
         role = request.member.role or session_pb2.Member.ROLE_MEMBER
-        row = await member_db.add(self._db, ref.namespace, ref.session, participant, role)
-        return convert.member_to_proto(row)
+
+        async def add() -> session_pb2.Member:
+            row = await member_db.add(self._db, ref.namespace, ref.session, participant, role)
+            return convert.member_to_proto(row)
+
+        return await self._once(ref.namespace, request, request.request_id, session_pb2.Member, add)
 
     async def UpdateMember(self, request: pb.UpdateMemberRequest, context: Context) -> session_pb2.Member:
         ref = names.parse_member(request.member.name, "member.name")

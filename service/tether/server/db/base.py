@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,9 @@ from tether.server import errors
 from tether.server.db.engine import READ_ONLY
 
 Row = Mapping[Any, Any]
+
+# The connection of the transaction this asyncio task is in, if any.
+_ambient: ContextVar[AsyncConnection | None] = ContextVar("tether_transaction", default=None)
 
 
 def utcnow() -> datetime:
@@ -37,22 +41,46 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One transaction: committed on success, rolled back on any error.
+
+        Inside another transaction of this task it becomes a SAVEPOINT of that
+        one, so a handler can wrap a data-layer call (which opens its own) in a
+        larger atomic unit, as request ids do.
+        """
+        outer = _ambient.get()
+        if outer is not None:
+            async with outer.begin_nested():
+                yield outer
+            return
         async with self._connection() as conn:
-            yield conn
+            token = _ambient.set(conn)
+            try:
+                yield conn
+            finally:
+                _ambient.reset(token)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """For reads that need no snapshot across statements. PostgreSQL: autocommit
         (no BEGIN/COMMIT round trips); SQLite: a deferred transaction that runs
-        beside writers instead of queueing for the write lock. It must not write."""
+        beside writers instead of queueing for the write lock. It must not write.
+        Inside a transaction of this task, it reads in that transaction."""
+        outer = _ambient.get()
+        if outer is not None:
+            yield outer
+            return
         async with self._connection(autocommit=True, sqlite_read_only=True) as conn:
             yield conn
 
     @asynccontextmanager
     async def statement(self) -> AsyncIterator[AsyncConnection]:
         """For a write that is one statement (atomic by itself): on PostgreSQL it
-        runs in autocommit mode, saving the BEGIN and COMMIT round trips."""
+        runs in autocommit mode, saving the BEGIN and COMMIT round trips. Inside
+        a transaction of this task, it is a SAVEPOINT of that one."""
+        if _ambient.get() is not None:
+            async with self.transaction() as conn:
+                yield conn
+            return
         async with self._connection(autocommit=True) as conn:
             yield conn
 

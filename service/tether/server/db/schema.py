@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -226,3 +227,21 @@ members = Table(
 )
 # `member = "<participant>"` filters and "sessions of a participant".
 Index("ix_members_participant", members.c.namespace, members.c.participant)
+
+# AIP-155 request ids: the first response of a creating call, replayed to
+# retries. Written in the same transaction as the call's effect.
+idempotency = Table(
+    "idempotency",
+    metadata,
+    # "" for calls that are not inside a namespace (CreateNamespace).
+    Column("namespace", ID, primary_key=True),
+    Column("request_id", String(36), primary_key=True),
+    Column("method", String(64), nullable=False),
+    # SHA-256 of the request without its request_id: a reuse with another
+    # payload is REQUEST_ID_CONFLICT.
+    Column("fingerprint", String(64), nullable=False),
+    Column("response", LargeBinary, nullable=True),
+    _ts("create_time"),
+    _ts("expire_time"),
+)
+Index("ix_idempotency_expire_time", idempotency.c.expire_time)

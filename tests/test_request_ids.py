@@ -1,0 +1,161 @@
+"""Request ids (AIP-155): a repeat gets the first response, even after a restart and
+from another replica; a reuse with another payload is REQUEST_ID_CONFLICT; concurrent
+duplicates make one effect; a failed call is not remembered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.support.server import ServerFactory
+from tether.client import (
+    AlreadyExistsError,
+    AsyncSessionsClient,
+    ExternalConversation,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    Member,
+    NotFoundError,
+    Participant,
+    Session,
+    SessionsClient,
+)
+
+
+@pytest.fixture
+def agent(client: SessionsClient, parent: str) -> str:
+    return client.create_participant(parent=parent, participant=Participant(kind=Participant.KIND_AGENT)).name
+
+
+def _rid() -> str:
+    return str(uuid.uuid4())
+
+
+def _session_names(client: SessionsClient, parent: str) -> list[str]:
+    return [s.name for s in client.list_sessions(parent=parent)]
+
+
+def test_repeat_returns_the_first_response(client: SessionsClient, parent: str, agent: str) -> None:
+    rid = _rid()
+    template = Session(kind=Session.KIND_TRIGGER, agent=agent, display_name="once")
+    first = client.create_session(parent=parent, session=template, request_id=rid)
+    client.update_session(session=Session(name=first.name, display_name="changed since"))
+    again = client.create_session(parent=parent, session=template, request_id=rid)
+    assert again == first  # the first response, byte for byte, not the current state
+    assert _session_names(client, parent) == [first.name]
+
+
+def test_reuse_with_another_payload_is_a_conflict(client: SessionsClient, parent: str, agent: str) -> None:
+    rid = _rid()
+    client.create_session(
+        parent=parent, session=Session(kind=Session.KIND_TRIGGER, agent=agent), request_id=rid
+    )
+    with pytest.raises(FailedPreconditionError) as info:
+        client.create_session(
+            parent=parent, session=Session(kind=Session.KIND_GROUP, agent=agent), request_id=rid
+        )
+    assert info.value.reason == "REQUEST_ID_CONFLICT"
+    with pytest.raises(FailedPreconditionError):  # another method, same id
+        client.create_participant(
+            parent=parent, participant=Participant(kind=Participant.KIND_USER), request_id=rid
+        )
+
+
+def test_request_id_must_be_a_uuid(client: SessionsClient, parent: str, agent: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        client.create_session(
+            parent=parent, session=Session(kind=Session.KIND_TRIGGER, agent=agent), request_id="retry-1"
+        )
+    assert [v.field for v in info.value.violations] == ["request_id"]
+
+
+def test_every_creating_rpc_replays(client: SessionsClient, parent: str, agent: str) -> None:
+    rid = _rid()
+    ns_id = f"r-{uuid.uuid4().hex[:8]}"
+    assert client.create_namespace(namespace_id=ns_id, request_id=rid) == client.create_namespace(
+        namespace_id=ns_id, request_id=rid
+    )
+    p = Participant(kind=Participant.KIND_USER)
+    rid = _rid()
+    assert client.create_participant(
+        parent=parent, participant=p, request_id=rid
+    ) == client.create_participant(parent=parent, participant=p, request_id=rid)
+    rid = _rid()
+    first = client.find_or_create_participant(
+        parent=parent, kind=Participant.KIND_USER, external_id="e", request_id=rid
+    )
+    assert first.created
+    assert (
+        client.find_or_create_participant(
+            parent=parent, kind=Participant.KIND_USER, external_id="e", request_id=rid
+        )
+        == first
+    )  # `created` stays true on the replay
+    rid = _rid()
+    key = ExternalConversation(agent=agent, conversation_id="c1")
+    made = client.find_or_create_session(parent=parent, external_conversation=key, request_id=rid)
+    assert client.find_or_create_session(parent=parent, external_conversation=key, request_id=rid) == made
+    rid = _rid()
+    member = Member(participant=first.participant.name)
+    added = client.add_member(parent=made.session.name, member=member, request_id=rid)
+    assert client.add_member(parent=made.session.name, member=member, request_id=rid) == added
+    with pytest.raises(AlreadyExistsError):  # a new request id is a new call
+        client.add_member(parent=made.session.name, member=member, request_id=_rid())
+
+
+def test_a_failed_call_is_not_remembered(client: SessionsClient, parent: str) -> None:
+    rid = _rid()
+    agent = f"{parent}/participants/late"
+    session = Session(kind=Session.KIND_TRIGGER, agent=agent)
+    with pytest.raises(NotFoundError):
+        client.create_session(parent=parent, session=session, request_id=rid)
+    client.create_participant(
+        parent=parent, participant_id="late", participant=Participant(kind=Participant.KIND_AGENT)
+    )
+    assert client.create_session(parent=parent, session=session, request_id=rid).agent == agent
+
+
+async def test_concurrent_duplicates_make_one_effect(
+    aclient: AsyncSessionsClient, client: SessionsClient, parent: str, agent: str
+) -> None:
+    rid = _rid()
+    template = Session(kind=Session.KIND_TRIGGER, agent=agent)
+    results = await asyncio.gather(
+        *[aclient.create_session(parent=parent, session=template, request_id=rid) for _ in range(32)]
+    )
+    assert len({r.SerializeToString(deterministic=True) for r in results}) == 1
+    assert _session_names(client, parent) == [results[0].name]
+
+
+def test_replay_survives_a_restart(server_factory: ServerFactory) -> None:
+    database = server_factory.new_database()
+    rid = _rid()
+    template = Participant(kind=Participant.KIND_AGENT, display_name="bot")
+    first_server = server_factory(database)
+    with SessionsClient(first_server.target) as client:
+        first = client.create_participant(parent="namespaces/default", participant=template, request_id=rid)
+    assert first_server.stop() == 0
+    with SessionsClient(server_factory(database).target) as client:
+        assert (
+            client.create_participant(parent="namespaces/default", participant=template, request_id=rid)
+            == first
+        )
+        assert len(list(client.list_participants(parent="namespaces/default"))) == 1
+
+
+@pytest.mark.pg_only
+async def test_duplicates_across_replicas_make_one_effect(server_factory: ServerFactory) -> None:
+    database = server_factory.new_database()
+    targets = [server_factory(database).target, server_factory(database).target]
+    rid = _rid()
+    template = Participant(kind=Participant.KIND_USER, display_name="once")
+    async with AsyncSessionsClient(targets[0]) as a, AsyncSessionsClient(targets[1]) as b:
+        calls = [
+            c.create_participant(parent="namespaces/default", participant=template, request_id=rid)
+            for c in [a, b] * 16
+        ]
+        results = await asyncio.gather(*calls)
+        assert len({r.SerializeToString(deterministic=True) for r in results}) == 1
+        assert [p.name async for p in a.list_participants(parent="namespaces/default")] == [results[0].name]
