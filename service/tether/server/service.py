@@ -165,8 +165,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def CreateParticipant(
         self, request: pb.CreateParticipantRequest, context: Context
     ) -> participant_pb2.Participant:
-        namespace = names.parse_namespace(request.parent, "parent")
         v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         participant_id = _new_id(request.participant_id, "participant_id", v)
         v.request_id("request_id", request.request_id)
         values = self._new_participant(namespace, participant_id, request.participant, v)
@@ -236,8 +236,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def FindOrCreateParticipant(
         self, request: pb.FindOrCreateParticipantRequest, context: Context
     ) -> pb.FindOrCreateParticipantResponse:
-        namespace = names.parse_namespace(request.parent, "parent")
         v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         v.enum("kind", request.kind, participant_rules.KINDS)
         v.text("external_id", request.external_id, MAX_EXTERNAL_ID, required=True)
         v.request_id("request_id", request.request_id)
@@ -268,8 +268,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     # Sessions ----------------------------------------------------------
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> session_pb2.Session:
-        namespace = names.parse_namespace(request.parent, "parent")
         v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         session_id = _new_id(request.session_id, "session_id", v)
         v.request_id("request_id", request.request_id)
         new = session_rules.new_session(namespace, session_id, request.session, "session", v)
@@ -292,8 +292,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def BatchGetSessions(
         self, request: pb.BatchGetSessionsRequest, context: Context
     ) -> pb.BatchGetSessionsResponse:
-        namespace = names.parse_namespace(request.parent, "parent")
         v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         if not request.names:
             v.add("names", "required")
         if len(request.names) > MAX_BATCH:
@@ -360,8 +360,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def FindOrCreateSession(
         self, request: pb.FindOrCreateSessionRequest, context: Context
     ) -> pb.FindOrCreateSessionResponse:
-        namespace = names.parse_namespace(request.parent, "parent")
         v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         v.request_id("request_id", request.request_id)
         template = session_rules.template_for_key(request, namespace, v)
         new = session_rules.new_session(
@@ -407,8 +407,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     # Members -----------------------------------------------------------
 
     async def AddMember(self, request: pb.AddMemberRequest, context: Context) -> session_pb2.Member:
-        ref = names.parse_session(request.parent, "parent")
         v = Violations()
+        ref = v.name(names.parse_session, request.parent, "parent", names.SessionName("", ""))
         v.request_id("request_id", request.request_id)
         v.enum("member.role", request.member.role, ROLES, required=False)
         if not request.member.participant:

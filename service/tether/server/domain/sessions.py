@@ -74,7 +74,8 @@ class NewSession:
 
 
 def participant_id(value: str, namespace: str, path: str, v: Violations) -> str | None:
-    """The participant id of a reference, which must be in `namespace`."""
+    """The participant id of a reference, which must be in `namespace` ("" when
+    the namespace is itself invalid: only the shape is checked then)."""
     if not value:
         return None
     try:
@@ -82,7 +83,7 @@ def participant_id(value: str, namespace: str, path: str, v: Violations) -> str 
     except ApiError:
         v.add(path, f"must be a participant name namespaces/{namespace}/participants/{{participant}}")
         return None
-    if ref.namespace != namespace:
+    if namespace and ref.namespace != namespace:
         v.add(path, f"must be a participant of namespace {names.namespace_name(namespace)!r}")
         return None
     return ref.participant

@@ -6,16 +6,18 @@ Lengths are counted in characters (code points), so an emoji counts once.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from tether.server import names
-from tether.server.errors import FieldViolation, invalid_argument
+from tether.server.errors import ApiError, FieldViolation, invalid_argument
 
+T = TypeVar("T")
 LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
@@ -33,16 +35,35 @@ MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 @dataclass
 class Violations:
-    """Accumulates field violations; `check()` raises them all at once."""
+    """Accumulates field violations; `check()` raises them all at once.
+
+    Only size limits broken: RESOURCE_EXHAUSTED (reason SIZE_LIMIT_EXCEEDED);
+    anything else: INVALID_ARGUMENT, naming every bad field, sizes included.
+    """
 
     items: list[FieldViolation] = field(default_factory=list)
+    oversize: list[FieldViolation] = field(default_factory=list)
 
     def add(self, path: str, description: str) -> None:
         self.items.append(FieldViolation(path, description))
 
     def check(self) -> None:
         if self.items:
-            raise invalid_argument(self.items)
+            raise invalid_argument([*self.items, *self.oversize])
+        if self.oversize:
+            message = "; ".join(f"{v.field}: {v.description}" for v in self.oversize)
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "SIZE_LIMIT_EXCEEDED", message, violations=self.oversize
+            )
+
+    def name(self, parse: Callable[[str, str], T], value: str, path: str, fallback: T) -> T:
+        """Parse a resource name; on failure record the violation and go on with `fallback`
+        (so one call reports the name together with every other bad field)."""
+        try:
+            return parse(value, path)
+        except ApiError as error:
+            self.items.extend(error.violations)
+            return fallback
 
     def text(self, path: str, value: str, max_chars: int, *, required: bool = False) -> None:
         if required and not value:
@@ -79,7 +100,7 @@ class Violations:
     def struct(self, path: str, value: struct_pb2.Struct, max_bytes: int) -> None:
         size = value.ByteSize()
         if size > max_bytes:
-            self.add(path, f"at most {max_bytes} bytes serialized, got {size}")
+            self.oversize.append(FieldViolation(path, f"at most {max_bytes} bytes serialized, got {size}"))
         elif _struct_has_nul(value):
             self.add(path, "must not contain NUL characters")
 
