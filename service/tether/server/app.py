@@ -11,6 +11,11 @@ SERVING while the database answers, NOT_SERVING while it does not (a monitor
 pings it every `health_interval` seconds on its own connection, so a busy pool
 does not make the server look dead), NOT_SERVING for good once shutdown starts.
 
+Expiry and retention: a sweeper task runs `tether.server.db.sweeper.sweep`
+every `sweep_interval` seconds (0: never), logs `sweep` with its counts when it
+changed anything and `sweep_failed` when it could not (and tries again next
+time). Replicas take turns through a database lock (see the sweeper module).
+
 Messages: requests up to 4 MiB (`MAX_RECEIVE_MESSAGE_BYTES`, gRPC's usual
 limit; the contract's largest field, session_state, is 256 KiB); larger ones
 fail with RESOURCE_EXHAUSTED before reaching a handler.
@@ -33,8 +38,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.config import Settings, split_host_port
+from tether.server.db.base import Database
 from tether.server.db.engine import create_engine, ping
 from tether.server.db.migrate import migrate
+from tether.server.db.sweeper import sweep
 from tether.server.interceptors import ServerInterceptor
 from tether.server.log import get_logger
 from tether.server.service import build_servicer
@@ -118,6 +125,7 @@ class TetherServer:
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._monitor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._healthy = False
 
     async def start(self) -> str:
@@ -133,6 +141,8 @@ class TetherServer:
         await self._set_health(await ping(self._ping_engine))
         await self._server.start()
         self._monitor = asyncio.create_task(self._watch_database(), name="tether-health-monitor")
+        if settings.sweep_interval > 0:
+            self._sweeper = asyncio.create_task(self._sweep_periodically(), name="tether-sweeper")
         self.address = f"{host}:{port}"
         self._log.info("serving", address=self.address)
         return self.address
@@ -152,10 +162,12 @@ class TetherServer:
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, let in-flight calls finish within `grace` seconds, release the database."""
         await self._health.enter_graceful_shutdown()
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        for task in (self._monitor, self._sweeper):
+            if task is not None:
+                # A sweep cancelled mid-batch rolls that batch back; the next start redoes it.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         for engine in (self._engine, self._ping_engine):
@@ -186,6 +198,23 @@ class TetherServer:
                 self._log.info("database_reachable")
             else:
                 self._log.warning("database_unreachable")
+
+    async def _sweep_periodically(self) -> None:
+        """Expire and purge every `sweep_interval` seconds; an error is logged,
+        never fatal: the next round tries again."""
+        assert self._engine is not None
+        # The request pool, not one of its own: a sweep holds one connection
+        # for one short batch at a time, and the pool size stays the budget.
+        db = Database(self._engine, self.settings.retention)
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            try:
+                result = await sweep(db)
+            except Exception as exc:  # the database may be down; the task must live on
+                self._log.warning("sweep_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            if result.total:
+                self._log.info("sweep", **result.counts(), contended=result.contended)
 
 
 async def serve(settings: Settings) -> int:

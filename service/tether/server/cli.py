@@ -43,6 +43,11 @@ _SERVE_FLAGS = (
     ("--shutdown-grace", "SECONDS", "seconds in-flight calls get on SIGTERM [TETHER_SHUTDOWN_GRACE]"),
     ("--db-pool-size", "N", "database connections [TETHER_DB_POOL_SIZE]"),
     ("--health-interval", "SECONDS", "seconds between database pings [TETHER_HEALTH_INTERVAL]"),
+    (
+        "--sweep-interval",
+        "SECONDS",
+        "seconds between expiry/purge sweeps; 0 disables [TETHER_SWEEP_INTERVAL]",
+    ),
 )
 
 

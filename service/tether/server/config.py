@@ -15,6 +15,7 @@
 | shutdown_grace | TETHER_SHUTDOWN_GRACE | 10 seconds for in-flight calls on SIGTERM |
 | db_pool_size | TETHER_DB_POOL_SIZE | 10 database connections per server (a hard cap: no overflow) |
 | health_interval | TETHER_HEALTH_INTERVAL | 1 second between database pings |
+| sweep_interval | TETHER_SWEEP_INTERVAL | 60 seconds between expiry/purge sweeps (0: no sweeping) |
 
 Database URLs: `postgres://` and `postgresql://` mean asyncpg (`postgresql+asyncpg://`),
 `sqlite://` means aiosqlite; relative SQLite paths are made absolute when the
@@ -106,6 +107,8 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
     health_interval: float = Field(default=1.0, gt=0)
+    # 0 turns this replica's sweeper off (e.g. when another replica or a job sweeps).
+    sweep_interval: float = Field(default=60.0, ge=0)
 
     @field_validator("database_url")
     @classmethod
