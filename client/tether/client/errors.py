@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar, Final, cast
 
 import grpc
@@ -26,6 +27,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "Reason",
     "ResourceExhaustedError",
     "TetherError",
     "UnauthenticatedError",
@@ -35,6 +37,43 @@ __all__ = [
 ]
 
 STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+
+
+class Reason(StrEnum):
+    """Every `ErrorInfo.reason` the server answers with (docs/errors.md has the table of
+    codes and meanings). A `TetherError.reason` compares equal to these members:
+    `if error.reason == Reason.SESSION_DELETED: ...`."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    IMMUTABLE_FIELD = "IMMUTABLE_FIELD"
+    WRONG_PARTICIPANT_KIND = "WRONG_PARTICIPANT_KIND"
+    INVALID_FILTER = "INVALID_FILTER"
+    INVALID_ORDER_BY = "INVALID_ORDER_BY"
+    INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    SIZE_LIMIT_EXCEEDED = "SIZE_LIMIT_EXCEEDED"
+    NAMESPACE_NOT_FOUND = "NAMESPACE_NOT_FOUND"
+    PARTICIPANT_NOT_FOUND = "PARTICIPANT_NOT_FOUND"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    MEMBER_NOT_FOUND = "MEMBER_NOT_FOUND"
+    NAMESPACE_ALREADY_EXISTS = "NAMESPACE_ALREADY_EXISTS"
+    PARTICIPANT_ALREADY_EXISTS = "PARTICIPANT_ALREADY_EXISTS"
+    SESSION_ALREADY_EXISTS = "SESSION_ALREADY_EXISTS"
+    MEMBER_ALREADY_EXISTS = "MEMBER_ALREADY_EXISTS"
+    EXTERNAL_ID_ALREADY_EXISTS = "EXTERNAL_ID_ALREADY_EXISTS"
+    CONVERSATION_ALREADY_EXISTS = "CONVERSATION_ALREADY_EXISTS"
+    SESSION_DELETED = "SESSION_DELETED"
+    SESSION_DISABLED = "SESSION_DISABLED"
+    PARTICIPANT_DELETED = "PARTICIPANT_DELETED"
+    PARTICIPANT_DISABLED = "PARTICIPANT_DISABLED"
+    AUTOMATIC_MEMBER = "AUTOMATIC_MEMBER"
+    NAMESPACE_NOT_EMPTY = "NAMESPACE_NOT_EMPTY"
+    REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
+    ETAG_MISMATCH = "ETAG_MISMATCH"
+    CONCURRENT_CHANGE = "CONCURRENT_CHANGE"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    INTERNAL = "INTERNAL"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,6 +19,155 @@ from sqlalchemy import exc as sa_exc
 
 DOMAIN = "tether"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class Reason(StrEnum):
+    """Every ErrorInfo reason Tether answers with: stable, documented in
+    docs/errors.md (generated from `CATALOGUE`), mirrored by `tether.client.Reason`."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    IMMUTABLE_FIELD = "IMMUTABLE_FIELD"
+    WRONG_PARTICIPANT_KIND = "WRONG_PARTICIPANT_KIND"
+    INVALID_FILTER = "INVALID_FILTER"
+    INVALID_ORDER_BY = "INVALID_ORDER_BY"
+    INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    SIZE_LIMIT_EXCEEDED = "SIZE_LIMIT_EXCEEDED"
+    NAMESPACE_NOT_FOUND = "NAMESPACE_NOT_FOUND"
+    PARTICIPANT_NOT_FOUND = "PARTICIPANT_NOT_FOUND"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    MEMBER_NOT_FOUND = "MEMBER_NOT_FOUND"
+    NAMESPACE_ALREADY_EXISTS = "NAMESPACE_ALREADY_EXISTS"
+    PARTICIPANT_ALREADY_EXISTS = "PARTICIPANT_ALREADY_EXISTS"
+    SESSION_ALREADY_EXISTS = "SESSION_ALREADY_EXISTS"
+    MEMBER_ALREADY_EXISTS = "MEMBER_ALREADY_EXISTS"
+    EXTERNAL_ID_ALREADY_EXISTS = "EXTERNAL_ID_ALREADY_EXISTS"
+    CONVERSATION_ALREADY_EXISTS = "CONVERSATION_ALREADY_EXISTS"
+    SESSION_DELETED = "SESSION_DELETED"
+    SESSION_DISABLED = "SESSION_DISABLED"
+    PARTICIPANT_DELETED = "PARTICIPANT_DELETED"
+    PARTICIPANT_DISABLED = "PARTICIPANT_DISABLED"
+    AUTOMATIC_MEMBER = "AUTOMATIC_MEMBER"
+    NAMESPACE_NOT_EMPTY = "NAMESPACE_NOT_EMPTY"
+    REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
+    ETAG_MISMATCH = "ETAG_MISMATCH"
+    CONCURRENT_CHANGE = "CONCURRENT_CHANGE"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    INTERNAL = "INTERNAL"
+
+
+# Each reason's status code and meaning: the source of docs/errors.md.
+CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
+    Reason.INVALID_ARGUMENT: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "A field is malformed or breaks a rule of the contract; BadRequest names every bad field.",
+    ),
+    Reason.IMMUTABLE_FIELD: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "An update tries to change a field fixed at creation (kind, agent, user, peer_agent).",
+    ),
+    Reason.WRONG_PARTICIPANT_KIND: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "A reference names a participant of the wrong kind (a USER as `agent`, an AGENT as `user`).",
+    ),
+    Reason.INVALID_FILTER: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "`filter` does not parse or names an unknown field or operator; the message gives the position.",
+    ),
+    Reason.INVALID_ORDER_BY: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "`order_by` names an unknown or repeated key, or a direction other than asc/desc.",
+    ),
+    Reason.INVALID_PAGE_SIZE: (grpc.StatusCode.INVALID_ARGUMENT, "`page_size` is negative."),
+    Reason.INVALID_PAGE_TOKEN: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "`page_token` is malformed, or was issued for another parent, filter, order_by or show_deleted.",
+    ),
+    Reason.SIZE_LIMIT_EXCEEDED: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "A value is over its size limit (`session_state` 256 KiB, `metadata` 64 KiB).",
+    ),
+    Reason.NAMESPACE_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "The namespace does not exist."),
+    Reason.PARTICIPANT_NOT_FOUND: (
+        grpc.StatusCode.NOT_FOUND,
+        "The participant (named or referenced) does not exist in the namespace.",
+    ),
+    Reason.SESSION_NOT_FOUND: (
+        grpc.StatusCode.NOT_FOUND,
+        "The session (or, in BatchGetSessions, one of them) does not exist.",
+    ),
+    Reason.MEMBER_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "The participant is not a member of the session."),
+    Reason.NAMESPACE_ALREADY_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "A namespace with this id exists."),
+    Reason.PARTICIPANT_ALREADY_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "A participant with this id exists, or UndeleteParticipant of one that is not deleted.",
+    ),
+    Reason.SESSION_ALREADY_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "A session with this id exists, or UndeleteSession of one that is not deleted.",
+    ),
+    Reason.MEMBER_ALREADY_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "The participant is already a member of the session.",
+    ),
+    Reason.EXTERNAL_ID_ALREADY_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "A live participant of this kind already has this `external_id`.",
+    ),
+    Reason.CONVERSATION_ALREADY_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "A live session already has this agent + channel + external conversation id, or this agent pair.",
+    ),
+    Reason.SESSION_DELETED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The session is soft-deleted: undelete it first.",
+    ),
+    Reason.SESSION_DISABLED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The session is disabled: RecordActivity, AddMember and updates (except enabling it) are refused.",
+    ),
+    Reason.PARTICIPANT_DELETED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The participant is soft-deleted and cannot be changed or newly referenced.",
+    ),
+    Reason.PARTICIPANT_DISABLED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The participant is disabled and cannot be newly referenced.",
+    ),
+    Reason.AUTOMATIC_MEMBER: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The session's agent, user and peer_agent are members for good and cannot be removed.",
+    ),
+    Reason.NAMESPACE_NOT_EMPTY: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "DeleteNamespace of a namespace that holds participants or sessions needs `force`.",
+    ),
+    Reason.REQUEST_ID_CONFLICT: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The `request_id` was already used for a different request (another method or payload).",
+    ),
+    Reason.ETAG_MISMATCH: (
+        grpc.StatusCode.ABORTED,
+        "The resource changed since the `etag` was read; read it again and retry.",
+    ),
+    Reason.CONCURRENT_CHANGE: (
+        grpc.StatusCode.ABORTED,
+        "A concurrent change kept the call from completing; retry it.",
+    ),
+    Reason.DATABASE_UNAVAILABLE: (
+        grpc.StatusCode.UNAVAILABLE,
+        "The database cannot be reached; the call had no effect and is safe to retry.",
+    ),
+    Reason.NOT_IMPLEMENTED: (
+        grpc.StatusCode.UNIMPLEMENTED,
+        "The RPC is part of the contract but not implemented by this release.",
+    ),
+    Reason.INTERNAL: (
+        grpc.StatusCode.INTERNAL,
+        "A bug in Tether; the server log has the details. Never the answer to a caller's mistake.",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +183,7 @@ class ApiError(Exception):
     """An error meant for the caller: status code, ErrorInfo reason, message."""
 
     code: grpc.StatusCode
-    reason: str
+    reason: Reason
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: Sequence[FieldViolation] = ()
@@ -64,13 +214,15 @@ class ApiError(Exception):
         return ((STATUS_DETAILS_KEY, self.to_status().SerializeToString()),)
 
 
-def invalid_argument(violations: Sequence[FieldViolation], reason: str = "INVALID_ARGUMENT") -> ApiError:
+def invalid_argument(
+    violations: Sequence[FieldViolation], reason: Reason = Reason.INVALID_ARGUMENT
+) -> ApiError:
     """Bad input: names every bad field at once."""
     message = "; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid argument"
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, violations=violations)
 
 
-def bad_field(field_path: str, description: str, reason: str = "INVALID_ARGUMENT") -> ApiError:
+def bad_field(field_path: str, description: str, reason: Reason = Reason.INVALID_ARGUMENT) -> ApiError:
     """Bad input in a single field."""
     violation = FieldViolation(field_path, description)
     return ApiError(
@@ -78,42 +230,44 @@ def bad_field(field_path: str, description: str, reason: str = "INVALID_ARGUMENT
     )
 
 
-def not_found(resource_name: str, what: str = "resource") -> ApiError:
+def not_found(resource_name: str, what: str) -> ApiError:
     return ApiError(
         grpc.StatusCode.NOT_FOUND,
-        f"{what.upper()}_NOT_FOUND",
+        Reason(f"{what.upper()}_NOT_FOUND"),
         f"{what} {resource_name!r} not found",
         metadata={"resource_name": resource_name},
     )
 
 
-def already_exists(resource_name: str, what: str = "resource", message: str | None = None) -> ApiError:
+def already_exists(resource_name: str, what: str, message: str | None = None) -> ApiError:
     return ApiError(
         grpc.StatusCode.ALREADY_EXISTS,
-        f"{what.upper()}_ALREADY_EXISTS",
+        Reason(f"{what.upper()}_ALREADY_EXISTS"),
         message or f"{what} {resource_name!r} already exists",
         metadata={"resource_name": resource_name},
     )
 
 
-def failed_precondition(reason: str, message: str, **metadata: str) -> ApiError:
+def failed_precondition(reason: Reason, message: str, **metadata: str) -> ApiError:
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, metadata=metadata)
 
 
-def aborted(reason: str, message: str) -> ApiError:
+def aborted(reason: Reason, message: str) -> ApiError:
     return ApiError(grpc.StatusCode.ABORTED, reason, message)
 
 
 def unimplemented(method: str, message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", message, metadata={"method": method})
+    return ApiError(
+        grpc.StatusCode.UNIMPLEMENTED, Reason.NOT_IMPLEMENTED, message, metadata={"method": method}
+    )
 
 
 def unavailable(message: str = "the database is unreachable; retry later") -> ApiError:
-    return ApiError(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", message)
+    return ApiError(grpc.StatusCode.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE, message)
 
 
 def internal() -> ApiError:
-    return ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; see the server log")
+    return ApiError(grpc.StatusCode.INTERNAL, Reason.INTERNAL, "internal error; see the server log")
 
 
 # SQLSTATE classes that mean "the database cannot be reached right now".

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from sqlalchemy import ColumnElement, and_, false, func
 
-from tether.server.errors import ApiError
+from tether.server.errors import ApiError, Reason
 
 _ETAG_RE = re.compile(r'^(?:W/)?"([0-9a-f]{8})-([0-9]{1,18})"$')
 
@@ -54,7 +54,7 @@ def condition(uid: Any, version: Any, expected: Etag | None) -> ColumnElement[bo
 def mismatch(resource_name: str, current: str) -> ApiError:
     return ApiError(
         grpc.StatusCode.ABORTED,
-        "ETAG_MISMATCH",
+        Reason.ETAG_MISMATCH,
         f"{resource_name!r} has changed (its etag is now {current}); read it again and retry",
         metadata={"resource_name": resource_name, "etag": current},
     )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.server import errors
 from tether.server.db.base import Database, utcnow
 from tether.server.db.schema import idempotency
+from tether.server.errors import Reason
 
 
 def fingerprint(method: str, request: Message) -> str:
@@ -61,7 +62,7 @@ async def claim(
     row = (await conn.execute(select(idempotency).where(key))).mappings().one()
     if row["method"] != method or row["fingerprint"] != request_fingerprint or row["response"] is None:
         raise errors.failed_precondition(
-            "REQUEST_ID_CONFLICT",
+            Reason.REQUEST_ID_CONFLICT,
             f"request_id {request_id!r} was already used for a different request",
             request_id=request_id,
         )

@@ -13,6 +13,7 @@ from tether.server import errors, etags, names
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, utcnow
 from tether.server.db.schema import members, participants, sessions
+from tether.server.errors import Reason
 from tether.server.etags import Etag
 
 # A member row joined with what the Member message shows of its participant.
@@ -123,13 +124,13 @@ async def remove(db: Database, namespace: str, session: str, participant: str) -
         current = await session_db.get_in(conn, namespace, session)
         if participant in (current["agent"], current["user"], current["peer_agent"]):
             raise errors.failed_precondition(
-                "AUTOMATIC_MEMBER",
+                Reason.AUTOMATIC_MEMBER,
                 f"{name!r} is the session's agent, user or peer_agent and cannot be removed",
                 resource_name=name,
             )
         if current["delete_time"] is not None:
             raise errors.failed_precondition(
-                "SESSION_DELETED", f"session {names.session_name(namespace, session)!r} is deleted"
+                Reason.SESSION_DELETED, f"session {names.session_name(namespace, session)!r} is deleted"
             )
         deleted = await conn.execute(
             delete(members).where(_pk(namespace, session, participant)).returning(members.c.participant)

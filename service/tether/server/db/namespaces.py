@@ -9,6 +9,7 @@ from sqlalchemy import and_, delete, exists, select
 from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row
 from tether.server.db.schema import namespaces, participants, sessions
+from tether.server.errors import Reason
 from tether.server.etags import Etag
 
 
@@ -57,7 +58,7 @@ async def delete_namespace(
             raise errors.not_found(names.namespace_name(namespace), "namespace")
         etags.check(names.namespace_name(namespace), current, expected)
     raise errors.failed_precondition(
-        "NAMESPACE_NOT_EMPTY",
+        Reason.NAMESPACE_NOT_EMPTY,
         f"namespace {names.namespace_name(namespace)!r} still holds participants or sessions; set force",
         resource_name=names.namespace_name(namespace),
     )

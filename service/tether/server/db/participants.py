@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
 from tether.server.db.schema import namespaces, participants
+from tether.server.errors import Reason
 from tether.server.etags import Etag
 
 # The predicate of the partial unique index on external_id (ON CONFLICT must name it).
@@ -25,7 +26,7 @@ def _pk(namespace: str, participant: str) -> Any:
 def _external_id_taken(external_id: str) -> errors.ApiError:
     return errors.ApiError(
         grpc.StatusCode.ALREADY_EXISTS,
-        "EXTERNAL_ID_ALREADY_EXISTS",
+        Reason.EXTERNAL_ID_ALREADY_EXISTS,
         f"a live participant of this kind already has external_id {external_id!r}",
         metadata={"external_id": external_id},
     )
@@ -102,7 +103,7 @@ async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, boo
             raise errors.not_found(names.namespace_name(values["namespace"]), "namespace") from None
         raise
     if found is None:
-        raise errors.aborted("CONCURRENT_CHANGE", "participant changed concurrently; retry")
+        raise errors.aborted(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
     return found, False
 
 
@@ -150,7 +151,7 @@ async def update_participant(
 
 def _check_kind(current: Row, kind: int | None) -> None:
     if kind is not None and current["kind"] != kind:
-        raise errors.bad_field("participant.kind", "is immutable", reason="IMMUTABLE_FIELD")
+        raise errors.bad_field("participant.kind", "is immutable", reason=Reason.IMMUTABLE_FIELD)
 
 
 def _conditional(live: ColumnElement[bool], expected: Etag | None) -> list[ColumnElement[bool]]:
@@ -217,7 +218,7 @@ async def _current(conn: AsyncConnection, namespace: str, participant: str) -> R
 
 def _deleted(namespace: str, participant: str) -> errors.ApiError:
     return errors.failed_precondition(
-        "PARTICIPANT_DELETED",
+        Reason.PARTICIPANT_DELETED,
         f"participant {names.participant_name(namespace, participant)!r} is deleted",
         resource_name=names.participant_name(namespace, participant),
     )

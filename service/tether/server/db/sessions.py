@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
 from tether.server.db.schema import members, namespaces, participants, sessions
+from tether.server.errors import Reason
 from tether.server.etags import Etag
 from tether.v1 import participant_pb2, session_pb2
 
@@ -121,7 +122,7 @@ async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Ro
     if missing:
         raise errors.ApiError(
             grpc.StatusCode.NOT_FOUND,
-            "SESSION_NOT_FOUND",
+            Reason.SESSION_NOT_FOUND,
             f"{len(missing)} session(s) not found: " + ", ".join(_name(namespace, m) for m in missing[:10]),
             metadata={"resource_name": _name(namespace, missing[0])},
         )
@@ -189,7 +190,7 @@ async def find_or_create(
             # old one; the next round finds theirs.
             if constraint_kind(exc) != "unique":
                 raise
-    raise errors.aborted("CONCURRENT_CHANGE", "the session changed concurrently; retry")
+    raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
 async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row | None:
@@ -286,7 +287,7 @@ def _explain_refused_update(
         _raise_not_live(current)
     bad = _immutable_changes(current, unchanged)
     if bad:
-        raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
+        raise errors.invalid_argument(bad, reason=Reason.IMMUTABLE_FIELD)
     raise errors.bad_field("session.group_name", "only GROUP sessions have a group_name")
 
 
@@ -305,7 +306,7 @@ async def _check_unchanged(
     etags.check(_name(namespace, session), current, expected)
     bad = _immutable_changes(current, unchanged)
     if bad:
-        raise errors.invalid_argument(bad, reason="IMMUTABLE_FIELD")
+        raise errors.invalid_argument(bad, reason=Reason.IMMUTABLE_FIELD)
     return current
 
 
@@ -377,7 +378,7 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
         ref = missing[0]
         raise errors.ApiError(
             grpc.StatusCode.NOT_FOUND,
-            "PARTICIPANT_NOT_FOUND",
+            Reason.PARTICIPANT_NOT_FOUND,
             f"{ref.field}: participant {names.participant_name(namespace, ref.participant)!r} not found",
             metadata={
                 "field": ref.field,
@@ -392,7 +393,7 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
     if wrong_kind:
         raise errors.ApiError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            "WRONG_PARTICIPANT_KIND",
+            Reason.WRONG_PARTICIPANT_KIND,
             "; ".join(f"{v.field}: {v.description}" for v in wrong_kind),
             violations=wrong_kind,
         )
@@ -401,11 +402,15 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
         name = names.participant_name(namespace, ref.participant)
         if row.delete_time is not None:
             raise errors.failed_precondition(
-                "PARTICIPANT_DELETED", f"{ref.field}: participant {name!r} is deleted", resource_name=name
+                Reason.PARTICIPANT_DELETED,
+                f"{ref.field}: participant {name!r} is deleted",
+                resource_name=name,
             )
         if not row.enabled:
             raise errors.failed_precondition(
-                "PARTICIPANT_DISABLED", f"{ref.field}: participant {name!r} is disabled", resource_name=name
+                Reason.PARTICIPANT_DISABLED,
+                f"{ref.field}: participant {name!r} is disabled",
+                resource_name=name,
             )
 
 
@@ -435,19 +440,21 @@ def _raise_not_live(row: Row) -> None:
     if not row["enabled"]:
         name = _name(row["namespace"], row["session"])
         raise errors.failed_precondition(
-            "SESSION_DISABLED", f"session {name!r} is disabled", resource_name=name
+            Reason.SESSION_DISABLED, f"session {name!r} is disabled", resource_name=name
         )
 
 
 def _deleted(row: Row) -> errors.ApiError:
     name = _name(row["namespace"], row["session"])
-    return errors.failed_precondition("SESSION_DELETED", f"session {name!r} is deleted", resource_name=name)
+    return errors.failed_precondition(
+        Reason.SESSION_DELETED, f"session {name!r} is deleted", resource_name=name
+    )
 
 
 def _conversation_taken() -> errors.ApiError:
     return errors.ApiError(
         grpc.StatusCode.ALREADY_EXISTS,
-        "CONVERSATION_ALREADY_EXISTS",
+        Reason.CONVERSATION_ALREADY_EXISTS,
         "a live session already has this agent + channel + external_conversation_id (or agent pair)",
     )
 

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from tether.server import names
-from tether.server.errors import ApiError, FieldViolation, invalid_argument
+from tether.server.errors import ApiError, FieldViolation, Reason, invalid_argument
 
 T = TypeVar("T")
 LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
@@ -53,7 +53,10 @@ class Violations:
         if self.oversize:
             message = "; ".join(f"{v.field}: {v.description}" for v in self.oversize)
             raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "SIZE_LIMIT_EXCEEDED", message, violations=self.oversize
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Reason.SIZE_LIMIT_EXCEEDED,
+                message,
+                violations=self.oversize,
             )
 
     def name(self, parse: Callable[[str, str], T], value: str, path: str, fallback: T) -> T:

@@ -20,7 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from sqlalchemy import Column, ColumnElement, and_, exists, false, literal, not_, or_, true
 
 from tether.server.db.schema import members, participants, sessions
-from tether.server.errors import ApiError, bad_field
+from tether.server.errors import ApiError, Reason, bad_field
 from tether.server.names import parse_participant
 from tether.v1 import participant_pb2, session_pb2
 
@@ -187,7 +187,7 @@ def compile_filter(
 
 def _error(message: str, offset: int) -> ApiError:
     """An INVALID_FILTER error at a 0-based offset (reported 1-based)."""
-    return bad_field("filter", f"{message} at position {offset + 1}", reason="INVALID_FILTER")
+    return bad_field("filter", f"{message} at position {offset + 1}", reason=Reason.INVALID_FILTER)
 
 
 def _parse(text: str) -> Tree[Token]:

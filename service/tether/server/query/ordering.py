@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Column
 
 from tether.server.db.schema import participants, sessions
-from tether.server.errors import ApiError, bad_field
+from tether.server.errors import ApiError, Reason, bad_field
 
 MAX_ORDER_BY_LENGTH = 512
 
@@ -98,4 +98,4 @@ def _parse_key(part: str, fields: OrderFields) -> tuple[str, bool]:
 
 
 def _error(message: str) -> ApiError:
-    return bad_field("order_by", message, reason="INVALID_ORDER_BY")
+    return bad_field("order_by", message, reason=Reason.INVALID_ORDER_BY)

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 from sqlalchemy import ColumnElement, DateTime, Select, TypeDecorator, and_, or_
 
-from tether.server.errors import ApiError, bad_field
+from tether.server.errors import ApiError, Reason, bad_field
 from tether.server.query.ordering import Ordering, OrderKey
 
 DEFAULT_PAGE_SIZE = 50
@@ -57,7 +57,9 @@ def page_request(
     filter, show_deleted, ...); the canonical ordering is bound as well.
     """
     if page_size < 0:
-        raise bad_field("page_size", f"must not be negative, got {page_size}", reason="INVALID_PAGE_SIZE")
+        raise bad_field(
+            "page_size", f"must not be negative, got {page_size}", reason=Reason.INVALID_PAGE_SIZE
+        )
     size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     bound = (*binding, ordering.canonical)
     after = _decode(page_token, ordering.keys, bound) if page_token else None
@@ -129,7 +131,7 @@ def _decode(token: str, keys: Sequence[OrderKey], binding: Sequence[str]) -> tup
         raise bad_field(
             "page_token",
             "was issued for a different query: keep filter, order_by and the other parameters between pages",
-            reason="INVALID_PAGE_TOKEN",
+            reason=Reason.INVALID_PAGE_TOKEN,
         )
     return tuple(_cursor_value(key, value) for key, value in zip(keys, values, strict=True))
 
@@ -154,4 +156,4 @@ def _cursor_value(key: OrderKey, value: str) -> CursorValue:
 
 
 def _invalid_token() -> ApiError:
-    return bad_field("page_token", "is not a valid page token", reason="INVALID_PAGE_TOKEN")
+    return bad_field("page_token", "is not a valid page token", reason=Reason.INVALID_PAGE_TOKEN)
