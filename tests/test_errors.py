@@ -70,5 +70,6 @@ def test_bad_input_is_never_internal(client: SessionsClient, parent: str, call: 
 
 def test_unimplemented_rpcs_say_so(client: SessionsClient, parent: str) -> None:
     with pytest.raises(TetherError) as info:
-        client.purge_sessions(parent=parent, filter="*")
+        next(iter(client.watch_sessions(parent=parent)))
     assert info.value.code == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.reason == "NOT_IMPLEMENTED"

@@ -159,3 +159,16 @@ async def test_duplicates_across_replicas_make_one_effect(server_factory: Server
         results = await asyncio.gather(*calls)
         assert len({r.SerializeToString(deterministic=True) for r in results}) == 1
         assert [p.name async for p in a.list_participants(parent="namespaces/default")] == [results[0].name]
+
+
+def test_an_expired_request_id_is_a_new_call(server_factory: ServerFactory) -> None:
+    server = server_factory(env={"TETHER_REQUEST_ID_TTL": "0.001s"})
+    rid = _rid()
+    with SessionsClient(server.target) as client:
+        agent = client.create_participant(
+            parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
+        ).name
+        template = Session(kind=Session.KIND_TRIGGER, agent=agent)
+        first = client.create_session(parent="namespaces/default", session=template, request_id=rid)
+        second = client.create_session(parent="namespaces/default", session=template, request_id=rid)
+    assert second.name != first.name  # the record had expired: the call ran again

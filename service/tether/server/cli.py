@@ -40,6 +40,7 @@ _SERVE_FLAGS = (
     ("--tls-client-ca-file", "FILE", "client CA PEM for mTLS (not served yet) [TETHER_TLS_CLIENT_CA_FILE]"),
     ("--metrics-listen", "HOST:PORT", "HOST:PORT for metrics (not served yet) [TETHER_METRICS_LISTEN]"),
     ("--retention", "DURATION", "how long deleted resources are kept: 30d, 12h, P30D [TETHER_RETENTION]"),
+    ("--request-id-ttl", "DURATION", "how long request ids are remembered: 24h [TETHER_REQUEST_ID_TTL]"),
     ("--shutdown-grace", "SECONDS", "seconds in-flight calls get on SIGTERM [TETHER_SHUTDOWN_GRACE]"),
     ("--db-pool-size", "N", "database connections [TETHER_DB_POOL_SIZE]"),
     ("--health-interval", "SECONDS", "seconds between database pings [TETHER_HEALTH_INTERVAL]"),

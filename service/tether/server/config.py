@@ -16,6 +16,7 @@
 | db_pool_size | TETHER_DB_POOL_SIZE | 10 database connections per server (a hard cap: no overflow) |
 | health_interval | TETHER_HEALTH_INTERVAL | 1 second between database pings |
 | sweep_interval | TETHER_SWEEP_INTERVAL | 60 seconds between expiry/purge sweeps (0: no sweeping) |
+| request_id_ttl | TETHER_REQUEST_ID_TTL | `24h`: how long a request id's response is replayed (AIP-155) |
 
 Database URLs: `postgres://` and `postgresql://` mean asyncpg (`postgresql+asyncpg://`),
 `sqlite://` means aiosqlite; relative SQLite paths are made absolute when the
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: LogFormat = Field(default_factory=_default_log_format)
     retention: Duration = timedelta(days=30)
+    request_id_ttl: Duration = timedelta(hours=24)
     migrate_on_start: bool = True
     shutdown_grace: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
@@ -129,7 +131,7 @@ class Settings(BaseSettings):
             split_host_port(value)
         return value
 
-    @field_validator("retention")
+    @field_validator("retention", "request_id_ttl")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

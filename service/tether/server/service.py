@@ -22,6 +22,7 @@ from tether.server.db import idempotency as idempotency_db
 from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
 from tether.server.db import participants as participant_db
+from tether.server.db import purge as purge_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, utcnow
 from tether.server.domain import masks
@@ -29,6 +30,7 @@ from tether.server.domain import participants as participant_rules
 from tether.server.domain import sessions as session_rules
 from tether.server.domain.validation import MAX_EXTERNAL_ID, Violations
 from tether.server.listing import Lister
+from tether.server.query import SESSION_FILTER_FIELDS, compile_filter
 from tether.v1 import (
     namespace_pb2,
     participant_pb2,
@@ -41,8 +43,6 @@ from tether.v1 import (
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _Response = TypeVar("_Response", bound=Message)
-# How long a request id's first response is kept for retries (AIP-155).
-REQUEST_ID_TTL = timedelta(hours=24)
 ROLES: dict[int, str] = {
     session_pb2.Member.ROLE_OWNER: "OWNER",
     session_pb2.Member.ROLE_MEMBER: "MEMBER",
@@ -63,9 +63,7 @@ def _new_id(given: str, path: str, v: Violations) -> str:
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     """The servicer; stateless apart from the database handle."""
 
-    def __init__(
-        self, engine: AsyncEngine, retention: timedelta, request_id_ttl: timedelta = REQUEST_ID_TTL
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, retention: timedelta, request_id_ttl: timedelta) -> None:
         self._db = Database(engine, retention)
         self._lister = Lister(self._db)
         self._request_id_ttl = request_id_ttl
@@ -355,7 +353,15 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def PurgeSessions(
         self, request: pb.PurgeSessionsRequest, context: Context
     ) -> pb.PurgeSessionsResponse:
-        raise errors.unimplemented("PurgeSessions", "PurgeSessions is not implemented yet (planned: issue 3)")
+        v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
+        if not request.filter:
+            v.add("filter", 'required; "*" matches every session')
+        v.check()
+        where = compile_filter(request.filter, SESSION_FILTER_FIELDS, namespace=namespace)
+        await namespace_db.get(self._db, namespace)
+        count, sample = await purge_db.purge_sessions(self._db, namespace, where, force=request.force)
+        return pb.PurgeSessionsResponse(purge_count=count, purge_sample=sample)
 
     async def FindOrCreateSession(
         self, request: pb.FindOrCreateSessionRequest, context: Context
@@ -468,4 +474,4 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
 
 def build_servicer(engine: AsyncEngine, settings: Any) -> SessionService:
     """What the server assembly registers."""
-    return SessionService(engine, settings.retention)
+    return SessionService(engine, settings.retention, settings.request_id_ttl)
