@@ -271,7 +271,11 @@ def internal() -> ApiError:
 
 
 # SQLSTATE classes that mean "the database cannot be reached right now".
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+# SQLSTATEs that mean "the database cannot answer right now": connection
+# exceptions, insufficient resources, operator intervention, statement timeout.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "57014")
+# Serialization failure and deadlock: the transaction lost a race; a retry may win.
+_CONFLICT_SQLSTATES = ("40001", "40P01")
 
 
 def from_database_error(error: Exception) -> ApiError | None:
@@ -279,7 +283,8 @@ def from_database_error(error: Exception) -> ApiError | None:
 
     Constraint violations are mapped where the statement is issued (only the
     caller of the statement knows which resource collided); what reaches here
-    is connectivity trouble (UNAVAILABLE, safe to retry) or a bug.
+    is connectivity trouble (UNAVAILABLE, safe to retry), a lost race (ABORTED)
+    or a bug (None: the interceptor answers INTERNAL and logs it).
     """
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
@@ -288,6 +293,8 @@ def from_database_error(error: Exception) -> ApiError | None:
         sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
             return unavailable()
+        if sqlstate in _CONFLICT_SQLSTATES:
+            return aborted(Reason.CONCURRENT_CHANGE, "the call lost a race with another; retry it")
         if isinstance(error, sa_exc.OperationalError):
             # SQLite "database is locked" after busy_timeout, disk I/O, or a
             # dropped PostgreSQL connection: transient from the caller's view.
