@@ -54,15 +54,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server.db import schema
 from tether.server.db.base import Database, utcnow
-from tether.server.db.schema import members, participants, sessions
+from tether.server.db.schema import idempotency, members, participants, sessions
 
 DEFAULT_BATCH_SIZE = 500
 # pg_try_advisory_xact_lock key: b"tether\x00\x02" as a signed 64-bit integer
 # (migrations use ...\x01; see tether.server.db.migrate).
 SWEEP_LOCK_KEY = int.from_bytes(b"tether\x00\x02", "big", signed=True)
-IDEMPOTENCY_TABLE = "idempotency"
 
 
 @dataclass(frozen=True)
@@ -184,11 +182,8 @@ async def _purge_participants(db: Database, now: datetime, batch_size: int) -> _
 
 
 async def _purge_idempotency(db: Database, now: datetime, batch_size: int) -> _Progress:
-    """Drop expired idempotency records; a no-op until the schema has that table."""
-    table = schema.metadata.tables.get(IDEMPOTENCY_TABLE)
-    if table is None:
-        return _Progress(0)
-    return await _purge_due(db, table, table.c.expire_time <= now, batch_size)
+    """Drop request-id records past their expire_time."""
+    return await _purge_due(db, idempotency, idempotency.c.expire_time <= now, batch_size)
 
 
 # --- helpers -----------------------------------------------------------------------------------
