@@ -53,6 +53,9 @@ class Reason(StrEnum):
     ETAG_MISMATCH = "ETAG_MISMATCH"
     CONCURRENT_CHANGE = "CONCURRENT_CHANGE"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    MANAGED_RESOURCE = "MANAGED_RESOURCE"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     INTERNAL = "INTERNAL"
 
@@ -159,6 +162,20 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
         grpc.StatusCode.UNAVAILABLE,
         "The database cannot be reached; the call had no effect and is safe to retry.",
     ),
+    Reason.UNAUTHENTICATED: (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "The call carries no `authorization: Bearer <token>` metadata, or a token that is not configured.",
+    ),
+    Reason.PERMISSION_DENIED: (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "The caller may see the resource but its role does not allow this method (reader < writer < "
+        "system < admin).",
+    ),
+    Reason.MANAGED_RESOURCE: (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "The resource is managed (or the call sets `managed`): only system and admin principals may "
+        "change it.",
+    ),
     Reason.NOT_IMPLEMENTED: (
         grpc.StatusCode.UNIMPLEMENTED,
         "The RPC is part of the contract but not implemented by this release.",
@@ -260,6 +277,15 @@ def unimplemented(method: str, message: str) -> ApiError:
     return ApiError(
         grpc.StatusCode.UNIMPLEMENTED, Reason.NOT_IMPLEMENTED, message, metadata={"method": method}
     )
+
+
+def unauthenticated(message: str) -> ApiError:
+    """No usable credentials; `message` must never quote the token."""
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, Reason.UNAUTHENTICATED, message)
+
+
+def permission_denied(message: str, reason: Reason = Reason.PERMISSION_DENIED, **metadata: str) -> ApiError:
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED, reason, message, metadata=metadata)
 
 
 def unavailable(message: str = "the database is unreachable; retry later") -> ApiError:
