@@ -16,6 +16,14 @@ every `sweep_interval` seconds (0: never), logs `sweep` with its counts when it
 changed anything and `sweep_failed` when it could not (and tries again next
 time). Replicas take turns through a database lock (see the sweeper module).
 
+Security: every SessionService call passes the server interceptor's guard
+(`tether.server.policy`): bearer tokens from the auth file, namespace
+isolation, roles. SIGHUP re-reads the auth file (`auth_reloaded`, or
+`auth_reload_failed` keeping the old principals). With TLS files configured
+the port speaks TLS, with a client CA mutual TLS. `serve` refuses (exit 2) a
+malformed auth file or unreadable TLS files, and a listen address beyond
+loopback with neither authentication nor TLS unless `allow_insecure`.
+
 Messages: requests up to 4 MiB (`MAX_RECEIVE_MESSAGE_BYTES`, gRPC's usual
 limit; the contract's largest field, session_state, is 256 KiB); larger ones
 fail with RESOURCE_EXHAUSTED before reaching a handler.
@@ -37,13 +45,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server.config import Settings, split_host_port
+from tether.server import auth
+from tether.server.config import Settings, is_loopback, split_host_port
 from tether.server.db.base import Database
 from tether.server.db.engine import create_engine, ping
 from tether.server.db.migrate import migrate
 from tether.server.db.sweeper import sweep
 from tether.server.interceptors import ServerInterceptor
 from tether.server.log import get_logger
+from tether.server.policy import Guard
 from tether.server.service import build_servicer
 from tether.v1 import session_service_pb2, session_service_pb2_grpc
 
@@ -60,6 +70,18 @@ _SERVER_OPTIONS = (
     # and silently share the traffic.
     ("grpc.so_reuseport", 0),
 )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files (client certificates required when a
+    client CA is set); None for plaintext. OSError when a file cannot be read."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def load_source_info() -> dict[str, descriptor_pb2.SourceCodeInfo]:
@@ -116,8 +138,9 @@ class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: i
 class TetherServer:
     """One running server: `await start()` returns the bound address; `await stop(grace)`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, authenticator: auth.Authenticator | None = None) -> None:
         self.settings = settings
+        self.authenticator = authenticator or auth.Authenticator.from_file(settings.auth_file)
         self.address = ""
         self._log = get_logger()
         self._engine: AsyncEngine | None = None
@@ -137,18 +160,29 @@ class TetherServer:
         self._ping_engine = create_engine(settings, pool_size=1)
         self._server = self._build_server(self._engine)
         host, _ = split_host_port(settings.listen)
-        port = self._server.add_insecure_port(settings.listen)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = self._server.add_insecure_port(settings.listen)
+        else:
+            port = self._server.add_secure_port(settings.listen, credentials)
         await self._set_health(await ping(self._ping_engine))
         await self._server.start()
         self._monitor = asyncio.create_task(self._watch_database(), name="tether-health-monitor")
         if settings.sweep_interval > 0:
             self._sweeper = asyncio.create_task(self._sweep_periodically(), name="tether-sweeper")
         self.address = f"{host}:{port}"
-        self._log.info("serving", address=self.address)
+        self._log.info(
+            "serving",
+            address=self.address,
+            tls=settings.tls,
+            mutual_tls=settings.tls_client_ca_file is not None,
+            authentication=self.authenticator.enabled,
+        )
         return self.address
 
     def _build_server(self, engine: AsyncEngine) -> grpc.aio.Server:
-        server = grpc.aio.server(interceptors=[ServerInterceptor()], options=_SERVER_OPTIONS)
+        interceptor = ServerInterceptor(Guard(self.authenticator))
+        server = grpc.aio.server(interceptors=[interceptor], options=_SERVER_OPTIONS)
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             build_servicer(engine, self.settings), server
         )
@@ -218,16 +252,21 @@ class TetherServer:
 
 
 async def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM or SIGINT; 0 after a clean shutdown, 1 when it cannot start."""
+    """Run the server until SIGTERM or SIGINT; 0 after a clean shutdown, 1 when it cannot
+    start, 2 when its security configuration is refused."""
     log = get_logger()
     for setting, detail in settings.not_enforced():
         log.warning("setting_not_enforced", setting=setting, detail=detail)
+    authenticator = _security(settings)
+    if authenticator is None:
+        return 2
     # Handlers first: a signal right after the `serving` line must not hit the default action.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    server = TetherServer(settings)
+    loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
+    server = TetherServer(settings, authenticator)
     try:
         await _start_unless_stopped(server, stopping)
     except Exception as exc:
@@ -253,3 +292,38 @@ async def _start_unless_stopped(server: TetherServer, stopping: asyncio.Event) -
             await starting
         return
     starting.result()
+
+
+def _security(settings: Settings) -> auth.Authenticator | None:
+    """The authenticator, after logging how the server is protected; None (after logging
+    why) when the configuration is refused."""
+    log = get_logger()
+    problem = settings.exposure_problem()
+    if problem is not None:
+        log.error("insecure_listen_refused", error=problem)
+        return None
+    try:
+        authenticator = auth.Authenticator.from_file(settings.auth_file)
+        server_credentials(settings)  # unreadable PEM files fail here, not after migrating
+    except (auth.AuthFileError, OSError) as exc:
+        log.error("invalid_configuration", error=str(exc))
+        return None
+    if authenticator.enabled:
+        log.info("auth_enabled", principals=authenticator.principal_count, path=str(settings.auth_file))
+    elif is_loopback(settings.listen):
+        log.info(
+            "auth_disabled_loopback",
+            principal=auth.LOCAL_ADMIN.id,
+            detail="no auth file: every caller is an admin",
+        )
+    else:
+        log.warning(
+            "auth_disabled", principal=auth.LOCAL_ADMIN.id, detail="no auth file: every caller is an admin"
+        )
+    if not settings.tls and not authenticator.enabled and not is_loopback(settings.listen):
+        log.warning(
+            "insecure_listen_allowed",
+            address=settings.listen,
+            detail="--allow-insecure: no authentication, no TLS",
+        )
+    return authenticator

@@ -1,8 +1,10 @@
-"""`tether` command line: serve, migrate, health.
+"""`tether` command line: serve, migrate, health, token.
 
-    tether serve   [--listen HOST:PORT] [--database-url URL] [--no-migrate] ...
+    tether serve   [--listen HOST:PORT] [--database-url URL] [--auth-file FILE] [--allow-insecure] ...
     tether migrate [--database-url URL]
     tether health  [--target HOST:PORT] [--timeout SECONDS] [--service NAME]
+                   [--tls] [--ca-file PEM] [--cert-file PEM --key-file PEM] [--server-name NAME]
+    tether token   --id ID [--role ROLE] [--namespace NS ...]
 
 Every `serve` flag overrides its `TETHER_*` environment variable (see
 `tether.server.config`). Exit codes: 0 success (health: SERVING), 1 failure
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +26,7 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
+from tether.server import auth
 from tether.server.config import DEFAULT_LISTEN, Settings, load_settings, split_host_port
 from tether.server.log import configure_logging, get_logger
 
@@ -34,10 +38,14 @@ _DATABASE_FLAGS = (
 )
 _SERVE_FLAGS = (
     ("--listen", "HOST:PORT", "HOST:PORT to listen on; port 0 picks one [TETHER_LISTEN]"),
-    ("--auth-file", "FILE", "principals TOML (not enforced yet) [TETHER_AUTH_FILE]"),
-    ("--tls-cert-file", "FILE", "server certificate PEM (not served yet) [TETHER_TLS_CERT_FILE]"),
-    ("--tls-key-file", "FILE", "server key PEM (not served yet) [TETHER_TLS_KEY_FILE]"),
-    ("--tls-client-ca-file", "FILE", "client CA PEM for mTLS (not served yet) [TETHER_TLS_CLIENT_CA_FILE]"),
+    ("--auth-file", "FILE", "principals TOML; SIGHUP reloads it [TETHER_AUTH_FILE]"),
+    ("--tls-cert-file", "FILE", "server certificate chain PEM: serve TLS [TETHER_TLS_CERT_FILE]"),
+    ("--tls-key-file", "FILE", "server private key PEM [TETHER_TLS_KEY_FILE]"),
+    (
+        "--tls-client-ca-file",
+        "FILE",
+        "client CA PEM: require client certificates [TETHER_TLS_CLIENT_CA_FILE]",
+    ),
     ("--metrics-listen", "HOST:PORT", "HOST:PORT for metrics (not served yet) [TETHER_METRICS_LISTEN]"),
     ("--retention", "DURATION", "how long deleted resources are kept: 30d, 12h, P30D [TETHER_RETENTION]"),
     ("--request-id-ttl", "DURATION", "how long request ids are remembered: 24h [TETHER_REQUEST_ID_TTL]"),
@@ -71,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="apply migrations before serving (default: yes) [TETHER_MIGRATE_ON_START]",
     )
+    serve.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        default=None,
+        help="serve beyond loopback with neither auth file nor TLS [TETHER_ALLOW_INSECURE]",
+    )
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _add_flags(migrate, _DATABASE_FLAGS)
@@ -83,7 +97,45 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service", metavar="NAME", default="", help='service name to check (default: "", the server)'
     )
+    _add_health_tls_flags(health)
+
+    token = commands.add_parser("token", help="print a new bearer token and its [[principal]] lines")
+    token.add_argument("--id", required=True, help="the principal's id (shown in logs)")
+    token.add_argument(
+        "--role", default="reader", choices=[r.label for r in auth.Role], help="(default: reader)"
+    )
+    token.add_argument(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        metavar="NS",
+        help='a namespace id it may touch (repeatable; "*" for all; default: default, or * for admin)',
+    )
     return parser
+
+
+# (flag, environment variable, help) of the health probe's TLS settings.
+_HEALTH_TLS_FLAGS = (
+    (
+        "--ca-file",
+        "TETHER_HEALTH_CA_FILE",
+        "PEM CA certificates to verify the server (default: system roots)",
+    ),
+    ("--cert-file", "TETHER_HEALTH_CERT_FILE", "PEM client certificate chain, for mutual TLS"),
+    ("--key-file", "TETHER_HEALTH_KEY_FILE", "PEM client private key, for mutual TLS"),
+    ("--server-name", "TETHER_HEALTH_SERVER_NAME", "name to expect in the server certificate"),
+)
+
+
+def _add_health_tls_flags(health: argparse.ArgumentParser) -> None:
+    health.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use TLS (default: when TETHER_TLS_CERT_FILE or any option below is set)",
+    )
+    for flag, env, help_text in _HEALTH_TLS_FLAGS:
+        health.add_argument(flag, metavar="VALUE", default=os.environ.get(env), help=f"{help_text} [{env}]")
 
 
 def _settings(args: argparse.Namespace) -> Settings | None:
@@ -95,6 +147,9 @@ def _settings(args: argparse.Namespace) -> Settings | None:
         print("tether: invalid configuration:", file=sys.stderr)
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"])
+            if not name:  # a rule across settings
+                print(f"  {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+                continue
             flag, env = f"--{name.replace('_', '-')}", f"TETHER_{name.upper()}"
             given = repr(error.get("input"))
             suffix = "" if given in error["msg"] else f" (got {given})"
@@ -145,9 +200,21 @@ def _health(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tether health: {exc}", file=sys.stderr)
         return 2
+    try:
+        credentials = _health_credentials(args)
+    except (OSError, ValueError) as exc:
+        print(f"tether health: {exc}", file=sys.stderr)
+        return 2
     # No HTTP proxy for a health probe: it targets this host.
-    options = (("grpc.enable_http_proxy", 0),)
-    with grpc.insecure_channel(target, options=options) as channel:
+    options: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
+    if args.server_name:
+        options.append(("grpc.ssl_target_name_override", args.server_name))
+    channel = (
+        grpc.insecure_channel(target, options=options)
+        if credentials is None
+        else grpc.secure_channel(target, credentials, options=options)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
@@ -160,12 +227,51 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _health_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the probe, or None for plaintext; OSError/ValueError for bad files."""
+    given = [args.ca_file, args.cert_file, args.key_file, args.server_name]
+    tls = args.tls
+    if tls is None:
+        tls = bool(os.environ.get("TETHER_TLS_CERT_FILE")) or any(given)
+    if not tls:
+        return None
+    if (args.cert_file is None) != (args.key_file is None):
+        raise ValueError("--cert-file and --key-file go together (mutual TLS)")
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    return grpc.ssl_channel_credentials(read(args.ca_file), read(args.key_file), read(args.cert_file))
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Print a new token and the auth file lines for it (checked by the auth file parser)."""
+    role = auth.Role.parse(args.role)
+    namespaces = args.namespaces or (["*"] if role is auth.Role.ADMIN else ["default"])
+    token = secrets.token_urlsafe(32)
+    lines = auth.principal_toml(args.id, role, namespaces, token)
+    try:
+        auth.parse_auth_file(lines, "tether token")
+    except auth.AuthFileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"token: {token}")
+    print()
+    print("# Give the token above to the caller: it is not stored anywhere. Paste these lines into")
+    print("# the TETHER_AUTH_FILE, then send the server SIGHUP (kill -HUP <pid>) to load them.")
+    print(lines, end="")
+    return 0
+
+
 def _listen_from_env() -> str:
     # Only TETHER_LISTEN matters here: a probe must not fail over unrelated settings.
     return os.environ.get("TETHER_LISTEN", DEFAULT_LISTEN)
 
 
-_COMMANDS = {"serve": _serve, "migrate": _migrate, "health": _health}
+_COMMANDS = {"serve": _serve, "migrate": _migrate, "health": _health, "token": _token}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

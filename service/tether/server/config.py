@@ -4,9 +4,10 @@
 | --- | --- | --- |
 | listen | TETHER_LISTEN | `127.0.0.1:50051` (port 0 picks a free port) |
 | database_url | TETHER_DATABASE_URL | SQLite file `tether.db` in the working directory |
-| auth_file | TETHER_AUTH_FILE | none (see "Not enforced yet") |
-| tls_cert_file / tls_key_file | TETHER_TLS_CERT_FILE / TETHER_TLS_KEY_FILE | none |
-| tls_client_ca_file | TETHER_TLS_CLIENT_CA_FILE | none |
+| auth_file | TETHER_AUTH_FILE | none: every caller is an admin (loopback only, see below) |
+| tls_cert_file, tls_key_file | TETHER_TLS_CERT_FILE, _KEY_FILE | none (plaintext); both or none |
+| tls_client_ca_file | TETHER_TLS_CLIENT_CA_FILE | none; set: clients need a certificate it signed (mTLS) |
+| allow_insecure | TETHER_ALLOW_INSECURE | false: refuse a non-loopback listen address without auth or TLS |
 | metrics_listen | TETHER_METRICS_LISTEN | none |
 | log_level | TETHER_LOG_LEVEL | `INFO` |
 | log_format | TETHER_LOG_FORMAT | `console` when stderr is a terminal, else `json` |
@@ -22,23 +23,23 @@ Database URLs: `postgres://` and `postgresql://` mean asyncpg (`postgresql+async
 `sqlite://` means aiosqlite; relative SQLite paths are made absolute when the
 settings load, so the server and `tether migrate` agree on the file.
 
-Not enforced yet: authentication, TLS and metrics arrive in later releases. Their
-settings are parsed and validated now (the files must exist), and the server
-logs a `setting_not_enforced` warning for each one that is set, naming what is
-not happening. It does not refuse to start, so a deployment can be configured
-ahead of the upgrade; but until then the warning is the only signal, and the
-server is exactly as open as one without those settings.
+Fail closed: `exposure_problem()` says why a listen address beyond loopback
+with neither an auth file nor TLS is refused (unless `allow_insecure`).
+
+Not enforced yet: metrics arrive in a later release. The setting is parsed and
+validated now, and the server logs a `setting_not_enforced` warning when it is set.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, FilePath, field_validator
+from pydantic import BeforeValidator, Field, FilePath, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -100,6 +101,7 @@ class Settings(BaseSettings):
     tls_cert_file: FilePath | None = None
     tls_key_file: FilePath | None = None
     tls_client_ca_file: FilePath | None = None
+    allow_insecure: bool = False
     metrics_listen: str | None = None
     log_level: LogLevel = "INFO"
     log_format: LogFormat = Field(default_factory=_default_log_format)
@@ -138,14 +140,34 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS."""
+        return self.tls_cert_file is not None
+
+    def exposure_problem(self) -> str | None:
+        """Why listening as configured is refused; None when it is fine (or explicitly allowed)."""
+        if self.auth_file is not None or self.tls or is_loopback(self.listen):
+            return None
+        if self.allow_insecure:
+            return None
+        return (
+            f"refusing to listen on {self.listen} (beyond loopback) with neither authentication nor TLS: "
+            "set TETHER_AUTH_FILE and/or TETHER_TLS_CERT_FILE + TETHER_TLS_KEY_FILE, or pass "
+            "--allow-insecure (TETHER_ALLOW_INSECURE=true) to serve every caller as an admin in plaintext"
+        )
+
     def not_enforced(self) -> list[tuple[str, str]]:
         """(setting, what is not happening) for every set setting that a later release enforces."""
         notes: list[tuple[str, str]] = []
-        if self.auth_file is not None:
-            notes.append(("auth_file", "authentication is not enforced yet: every caller is an admin"))
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
-            if getattr(self, name) is not None:
-                notes.append((name, "TLS is not served yet: the server listens in plaintext"))
         if self.metrics_listen is not None:
             notes.append(("metrics_listen", "metrics are not served yet"))
         return notes
@@ -157,6 +179,18 @@ def split_host_port(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"expected HOST:PORT, got {address!r}")
     return host, int(port)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `host:port` listens on loopback only (`localhost`, 127.0.0.0/8, `[::1]`)."""
+    host, _ = split_host_port(address)
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve beyond loopback
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -1,20 +1,27 @@
-"""The server interceptor: one log line per RPC, and the error safety net.
+"""The server interceptor: access control, one log line per RPC, audit, and the error safety net.
 
 Each handler's behaviour is wrapped (the method handler is rebuilt around it),
-so the wrapper sees the outcome of every call, unary or streaming:
+so the wrapper sees the request and the outcome of every call, unary or streaming:
 
+- before the handler runs, `policy.Guard` authenticates the caller (bearer
+  token), makes it the current principal (`auth.current_principal()`) and
+  checks the method's rule: UNAUTHENTICATED, NOT_FOUND (a namespace the caller
+  may not see) or PERMISSION_DENIED (role too low) stop the call there;
 - `ApiError` becomes its status, message and rich details (AIP-193);
 - a database exception that `errors.from_database_error` recognises becomes
   that error (UNAVAILABLE: safe to retry);
 - anything else is a bug: logged with its traceback, answered with a generic
   INTERNAL that carries no SQL, no exception text and no stack.
 
-Then it logs `rpc` with `method`, `code` (the status code name) and
-`duration_ms`. Health and reflection calls pass through untouched.
+Then it logs `rpc` with `method`, `code` (the status code name), `principal`
+and `duration_ms`, and for a mutating method an `audit` line with
+`principal`, `method`, `resource` and `code`. Health and reflection calls pass
+through untouched (no token needed). Nothing logged ever holds a token.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +29,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
-from tether.server import errors
+from tether.server import auth, errors, policy
 from tether.server.log import get_logger
 
 # Quoted: grpc's runtime classes are not subscriptable.
@@ -38,6 +45,7 @@ PASS_THROUGH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Codes that mean the server (not the caller) has a problem.
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+_LIST_NAMESPACES = f"/{policy.SERVICE.full_name}/ListNamespaces"
 
 
 def _status_code(context: Context) -> grpc.StatusCode:
@@ -50,9 +58,11 @@ def _status_code(context: Context) -> grpc.StatusCode:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Logs every RPC and turns exceptions into statuses; see the module docstring."""
+    """Guards, logs and audits every RPC and turns exceptions into statuses; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: policy.Guard | None = None) -> None:
+        # Without a guard: no auth file, every caller is the local admin.
+        self._guard = guard or policy.Guard(auth.Authenticator(None, None))
         # Bound now (after logging is configured), not lazily on every call.
         self._log = get_logger().bind()
         # Registered handlers are fixed per method: wrap each once, not per call.
@@ -81,9 +91,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behaviour):
             wrapped: Any = self._wrap_stream(behaviour, method)
         elif inspect.iscoroutinefunction(behaviour):
+            if method == _LIST_NAMESPACES:
+                behaviour = functools.partial(policy.visible_namespaces, behaviour)
             wrapped = self._wrap_unary(behaviour, method)
         else:
-            return handler  # a synchronous behaviour runs in grpc's thread pool; leave it be
+            # A synchronous behaviour would run unguarded in grpc's thread pool: refuse it.
+            wrapped = self._wrap_unary(self._unguardable, method)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -102,7 +115,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: Context) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            principal: auth.Principal | None = None
+            response = None
             try:
+                principal = self._authenticate(context)
+                self._guard.authorize(method, request, principal)
                 response = await behaviour(request, context)
                 code = _status_code(context)
                 return response
@@ -110,7 +127,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = self._code_of(exc, context)
                 await self._answer(exc, context, method)
             finally:
-                self._log_call(method, code, start)
+                self._log_call(method, code, start, principal, request, response)
 
         return wrapped
 
@@ -120,7 +137,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            principal: auth.Principal | None = None
             try:
+                principal = self._authenticate(context)
+                self._guard.authorize(method, request, principal)
                 async for response in behaviour(request, context):
                     yield response
                 code = _status_code(context)
@@ -128,9 +148,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = self._code_of(exc, context)
                 await self._answer(exc, context, method)
             finally:
-                self._log_call(method, code, start)
+                self._log_call(method, code, start, principal, request, None)
 
         return wrapped
+
+    def _authenticate(self, context: Context) -> auth.Principal:
+        """The caller's principal, made current for the handler (`auth.current_principal()`).
+
+        Each RPC runs in its own asyncio task, so the context variable never
+        leaks from one call into another.
+        """
+        principal = self._guard.authenticate(context.invocation_metadata())
+        auth.set_current_principal(principal)
+        return principal
+
+    @staticmethod
+    async def _unguardable(request: Any, context: Context) -> NoReturn:
+        raise errors.internal()
 
     def _code_of(self, exc: BaseException, context: Context) -> grpc.StatusCode:
         if isinstance(exc, grpc.aio.AbortError):
@@ -161,7 +195,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 self._log.warning("rpc_database_error", method=method, error=type(exc).__name__)
         await context.abort(err.code, err.message, trailing_metadata=err.trailing_metadata())
 
-    def _log_call(self, method: str, code: grpc.StatusCode, start: float) -> None:
+    def _log_call(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        start: float,
+        principal: auth.Principal | None,
+        request: Any,
+        response: Any,
+    ) -> None:
+        """The `rpc` line of every call, and the `audit` line of a mutating one."""
         duration_ms = round((time.perf_counter() - start) * 1000, 3)
+        principal_id = principal.id if principal else None
         log = self._log.error if code in _SERVER_FAULTS else self._log.info
-        log("rpc", method=method, code=code.name, duration_ms=duration_ms)
+        log("rpc", method=method, code=code.name, principal=principal_id, duration_ms=duration_ms)
+        rule = policy.RULES_BY_PATH.get(method)
+        if rule is None or rule.mutating:
+            resource = policy.audited_resource(method, request, response)
+            self._log.info("audit", principal=principal_id, method=method, resource=resource, code=code.name)
