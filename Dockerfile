@@ -29,9 +29,11 @@ ENV PATH="/opt/tether/bin:$PATH" \
     TETHER_LISTEN=0.0.0.0:50051 \
     TETHER_DATABASE_URL=sqlite+aiosqlite:////var/lib/tether/tether.db \
     TETHER_LOG_FORMAT=json
-# Serving on 0.0.0.0 without TETHER_AUTH_FILE or TLS is refused by design unless explicitly
-# allowed (DESIGN.md, "Security"); until that flag exists, configure TETHER_AUTH_FILE and TLS
-# (mount them read-only) for anything beyond a trusted network.
+# Serving on 0.0.0.0 with neither TETHER_AUTH_FILE nor TLS is refused (exit 2) unless
+# TETHER_ALLOW_INSECURE=true: mount the auth file and TLS files read-only and point the
+# TETHER_AUTH_FILE / TETHER_TLS_* variables at them. With TLS, the health check below turns
+# TLS on by itself; set TETHER_HEALTH_CA_FILE (and, as needed, TETHER_HEALTH_SERVER_NAME,
+# TETHER_HEALTH_CERT_FILE / TETHER_HEALTH_KEY_FILE for mutual TLS) so it can verify the server.
 # For PostgreSQL set TETHER_DATABASE_URL=postgresql+asyncpg://user:password@host:5432/tether.
 WORKDIR /var/lib/tether
 VOLUME ["/var/lib/tether"]
