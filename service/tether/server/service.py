@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server import convert, errors, etags, names
+from tether.server import auth, convert, errors, etags, names
 from tether.server.db import idempotency as idempotency_db
 from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
@@ -25,10 +25,12 @@ from tether.server.db import participants as participant_db
 from tether.server.db import purge as purge_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, utcnow
+from tether.server.db.guard import Guard
 from tether.server.domain import masks
 from tether.server.domain import participants as participant_rules
 from tether.server.domain import sessions as session_rules
 from tether.server.domain.validation import MAX_EXTERNAL_ID, Violations
+from tether.server.errors import Reason
 from tether.server.listing import Lister
 from tether.server.query import SESSION_FILTER_FIELDS, compile_filter
 from tether.v1 import (
@@ -51,6 +53,18 @@ ROLES: dict[int, str] = {
 MAX_BATCH = 1000
 
 
+def _may_manage() -> bool:
+    """Only system and admin principals may set `managed` or change managed resources."""
+    return auth.current_principal().has_role(auth.Role.SYSTEM)
+
+
+def _check_may_set_managed(managed_requested: bool, path: str) -> None:
+    if managed_requested and not _may_manage():
+        raise errors.permission_denied(
+            f"{path}: only system and admin principals may set managed", reason=Reason.MANAGED_RESOURCE
+        )
+
+
 def _mask(request: Any) -> Any:
     return request.update_mask if request.HasField("update_mask") else None
 
@@ -67,6 +81,12 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         self._db = Database(engine, retention)
         self._lister = Lister(self._db)
         self._request_id_ttl = request_id_ttl
+
+    @staticmethod
+    def _guard(etag: str) -> Guard:
+        """The conditions of a write to an existing resource: the caller's etag, and
+        whether the caller may change managed resources."""
+        return Guard(etags.parse(etag), may_manage=_may_manage())
 
     async def _once(
         self,
@@ -147,6 +167,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     def _new_participant(
         self, namespace: str, participant_id: str, p: participant_pb2.Participant, v: Violations
     ) -> dict[str, Any]:
+        _check_may_set_managed(p.managed, "participant.managed")
         v.enum("participant.kind", p.kind, participant_rules.KINDS)
         participant_rules.check_fields(p, "participant", v)
         now = utcnow()
@@ -204,12 +225,13 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         ref = names.parse_participant(p.name, "participant.name")
         mask = masks.resolve(p, _mask(request), participant_rules.RULES, "participant")
         v = Violations()
+        _check_may_set_managed("managed" in mask.mutable and p.managed, "participant.managed")
         participant_rules.check_fields(p, "participant", v, mask.mutable)
         v.check()
         values = participant_rules.column_values(p, mask.mutable)
         kind = p.kind if "kind" in mask.immutable else None
         row = await participant_db.update_participant(
-            self._db, ref.namespace, ref.participant, values, kind, etags.parse(p.etag)
+            self._db, ref.namespace, ref.participant, values, kind, self._guard(p.etag)
         )
         return convert.participant_to_proto(row)
 
@@ -219,7 +241,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         ref = names.parse_participant(request.name)
         return convert.participant_to_proto(
             await participant_db.soft_delete(
-                self._db, ref.namespace, ref.participant, etags.parse(request.etag)
+                self._db, ref.namespace, ref.participant, self._guard(request.etag)
             )
         )
 
@@ -228,7 +250,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     ) -> participant_pb2.Participant:
         ref = names.parse_participant(request.name)
         return convert.participant_to_proto(
-            await participant_db.undelete(self._db, ref.namespace, ref.participant, etags.parse(request.etag))
+            await participant_db.undelete(self._db, ref.namespace, ref.participant, self._guard(request.etag))
         )
 
     async def FindOrCreateParticipant(
@@ -270,6 +292,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         session_id = _new_id(request.session_id, "session_id", v)
         v.request_id("request_id", request.request_id)
+        _check_may_set_managed(request.session.managed, "session.managed")
         new = session_rules.new_session(namespace, session_id, request.session, "session", v)
         v.check()
         if request.validate_only:
@@ -324,6 +347,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         ref = names.parse_session(s.name, "session.name")
         mask = masks.resolve(s, _mask(request), session_rules.RULES, "session")
         v = Violations()
+        _check_may_set_managed("managed" in mask.mutable and s.managed, "session.managed")
         session_rules.check_update(s, mask, v)
         unchanged: dict[str, Any] = {}
         for field in mask.immutable:
@@ -334,20 +358,20 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.check()
         values = session_rules.mutable_values(s, mask.mutable, utcnow())
         row = await session_db.update_session(
-            self._db, ref.namespace, ref.session, values, unchanged, etags.parse(s.etag)
+            self._db, ref.namespace, ref.session, values, unchanged, self._guard(s.etag)
         )
         return convert.session_to_proto(row)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> session_pb2.Session:
         ref = names.parse_session(request.name)
-        row = await session_db.soft_delete(self._db, ref.namespace, ref.session, etags.parse(request.etag))
+        row = await session_db.soft_delete(self._db, ref.namespace, ref.session, self._guard(request.etag))
         return convert.session_to_proto(row)
 
     async def UndeleteSession(
         self, request: pb.UndeleteSessionRequest, context: Context
     ) -> session_pb2.Session:
         ref = names.parse_session(request.name)
-        row = await session_db.undelete(self._db, ref.namespace, ref.session, etags.parse(request.etag))
+        row = await session_db.undelete(self._db, ref.namespace, ref.session, self._guard(request.etag))
         return convert.session_to_proto(row)
 
     async def PurgeSessions(
@@ -370,6 +394,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         v.request_id("request_id", request.request_id)
         template = session_rules.template_for_key(request, namespace, v)
+        _check_may_set_managed(template.managed, "session.managed")
         new = session_rules.new_session(
             namespace, str(uuid.uuid4()), template, "session", v, auto_created=True
         )
@@ -427,7 +452,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         role = request.member.role or session_pb2.Member.ROLE_MEMBER
 
         async def add() -> session_pb2.Member:
-            row = await member_db.add(self._db, ref.namespace, ref.session, participant, role)
+            guard = self._guard("")
+            row = await member_db.add(self._db, ref.namespace, ref.session, participant, role, guard)
             return convert.member_to_proto(row)
 
         return await self._once(ref.namespace, request, request.request_id, session_pb2.Member, add)
@@ -447,13 +473,13 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             ref.session,
             ref.participant,
             request.member.role,
-            etags.parse(request.member.etag),
+            self._guard(request.member.etag),
         )
         return convert.member_to_proto(row)
 
     async def RemoveMember(self, request: pb.RemoveMemberRequest, context: Context) -> empty_pb2.Empty:
         ref = names.parse_member(request.name)
-        await member_db.remove(self._db, ref.namespace, ref.session, ref.participant)
+        await member_db.remove(self._db, ref.namespace, ref.session, ref.participant, self._guard(""))
         return empty_pb2.Empty()
 
     async def ListMembers(self, request: pb.ListMembersRequest, context: Context) -> pb.ListMembersResponse:

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.server import errors, etags, names
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, utcnow
+from tether.server.db.guard import NO_GUARD, Guard, managed_refused
 from tether.server.db.schema import members, participants, sessions
 from tether.server.errors import Reason
-from tether.server.etags import Etag
 
 # A member row joined with what the Member message shows of its participant.
 _MEMBER_COLUMNS = [
@@ -49,7 +49,9 @@ async def _get(conn: AsyncConnection, namespace: str, session: str, participant:
     return result
 
 
-async def _bump_session(conn: AsyncConnection, namespace: str, session: str, delta: int) -> bool:
+async def _bump_session(conn: AsyncConnection, namespace: str, session: str, delta: int) -> Row | None:
+    """Move a live, enabled session's member_count (and etag). The UPDATE also
+    locks the session row, so the checks that follow cannot be overtaken."""
     stmt = (
         update(sessions)
         .where(
@@ -63,12 +65,37 @@ async def _bump_session(conn: AsyncConnection, namespace: str, session: str, del
             update_time=utcnow(),
             version=sessions.c.version + 1,
         )
-        .returning(sessions.c.uid)
+        .returning(sessions.c.managed, sessions.c.agent, sessions.c.user, sessions.c.peer_agent)
     )
-    return (await conn.execute(stmt)).first() is not None
+    row: Row | None = (await conn.execute(stmt)).mappings().first()
+    return row
 
 
-async def add(db: Database, namespace: str, session: str, participant: str, role: int) -> Row:
+async def _participant_managed(conn: AsyncConnection, namespace: str, participant: str) -> bool:
+    stmt = (
+        select(participants.c.managed)
+        .where(participants.c.namespace == namespace, participants.c.participant == participant)
+        .with_for_update(read=True)
+    )
+    return bool((await conn.execute(stmt)).scalar())
+
+
+async def _check_manageable(
+    conn: AsyncConnection, namespace: str, session: str, participant: str, session_managed: bool, guard: Guard
+) -> None:
+    """A caller below the system role may not change the membership of a managed
+    session, nor of a managed participant."""
+    if guard.may_manage:
+        return
+    if session_managed:
+        raise managed_refused(names.session_name(namespace, session))
+    if await _participant_managed(conn, namespace, participant):
+        raise managed_refused(names.participant_name(namespace, participant))
+
+
+async def add(
+    db: Database, namespace: str, session: str, participant: str, role: int, guard: Guard = NO_GUARD
+) -> Row:
     now = utcnow()
     values = {
         "namespace": namespace,
@@ -80,9 +107,13 @@ async def add(db: Database, namespace: str, session: str, participant: str, role
     }
     ref = session_db.ParticipantRef("member.participant", participant, kind=0)
     async with db.transaction() as conn:
-        if not await _bump_session(conn, namespace, session, +1):
+        bumped = await _bump_session(conn, namespace, session, +1)
+        if bumped is None:
             await session_db.live_session(conn, namespace, session)
+            # It was not live a moment ago and is now: let the caller retry.
+            raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
         await session_db.check_participants(conn, namespace, [ref])
+        await _check_manageable(conn, namespace, session, participant, bumped["managed"], guard)
         inserted = await conn.execute(
             db.insert(members).values(values).on_conflict_do_nothing().returning(members.c.participant)
         )
@@ -92,7 +123,7 @@ async def add(db: Database, namespace: str, session: str, participant: str, role
 
 
 async def update_role(
-    db: Database, namespace: str, session: str, participant: str, role: int, expected: Etag | None = None
+    db: Database, namespace: str, session: str, participant: str, role: int, guard: Guard = NO_GUARD
 ) -> Row:
     conditions = [_pk(namespace, session, participant)]
     participant_uid = (
@@ -100,7 +131,7 @@ async def update_role(
         .where(participants.c.namespace == namespace, participants.c.participant == participant)
         .scalar_subquery()
     )
-    etag_condition = etags.condition(participant_uid, members.c.version, expected)
+    etag_condition = etags.condition(participant_uid, members.c.version, guard.expected)
     if etag_condition is not None:
         conditions.append(etag_condition)
     stmt = (
@@ -111,17 +142,22 @@ async def update_role(
     )
     name = names.member_name(namespace, session, participant)
     async with db.transaction() as conn:
+        current_session = await session_db.get_in(conn, namespace, session, lock=True)
+        await _check_manageable(conn, namespace, session, participant, current_session["managed"], guard)
         if (await conn.execute(stmt)).first() is None:
-            await session_db.get_in(conn, namespace, session)
             current = await _get(conn, namespace, session, participant)
-            etags.check(name, {"uid": current["participant_uid"], "version": current["version"]}, expected)
+            etags.check(
+                name, {"uid": current["participant_uid"], "version": current["version"]}, guard.expected
+            )
         return await _get(conn, namespace, session, participant)
 
 
-async def remove(db: Database, namespace: str, session: str, participant: str) -> None:
+async def remove(
+    db: Database, namespace: str, session: str, participant: str, guard: Guard = NO_GUARD
+) -> None:
     name = names.member_name(namespace, session, participant)
     async with db.transaction() as conn:
-        current = await session_db.get_in(conn, namespace, session)
+        current = await session_db.get_in(conn, namespace, session, lock=True)
         if participant in (current["agent"], current["user"], current["peer_agent"]):
             raise errors.failed_precondition(
                 Reason.AUTOMATIC_MEMBER,
@@ -132,6 +168,7 @@ async def remove(db: Database, namespace: str, session: str, participant: str) -
             raise errors.failed_precondition(
                 Reason.SESSION_DELETED, f"session {names.session_name(namespace, session)!r} is deleted"
             )
+        await _check_manageable(conn, namespace, session, participant, current["managed"], guard)
         deleted = await conn.execute(
             delete(members).where(_pk(namespace, session, participant)).returning(members.c.participant)
         )

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server import errors, etags, names
+from tether.server import errors, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.guard import NO_GUARD, Guard
 from tether.server.db.schema import namespaces, participants
 from tether.server.errors import Reason
-from tether.server.etags import Etag
 
 # The predicate of the partial unique index on external_id (ON CONFLICT must name it).
 _KEY_WHERE = and_(participants.c.delete_time.is_(None), participants.c.external_id.is_not(None))
@@ -113,17 +113,21 @@ async def update_participant(
     participant: str,
     values: dict[str, Any],
     kind: int | None,
-    expected: Etag | None = None,
+    guard: Guard = NO_GUARD,
 ) -> Row:
     """Write `values` in one conditional statement: `kind`, if given, must equal
     the stored (immutable) kind, and the etag must match."""
     name = names.participant_name(namespace, participant)
     if not values:
         current = await get(db, namespace, participant)
-        etags.check(name, current, expected)
+        guard.check(name, current)
         _check_kind(current, kind)
         return current
-    conditions = [_pk(namespace, participant), *_conditional(participants.c.delete_time.is_(None), expected)]
+    conditions = [
+        _pk(namespace, participant),
+        participants.c.delete_time.is_(None),
+        *guard.conditions(participants),
+    ]
     if kind is not None:
         conditions.append(participants.c.kind == kind)
     stmt = (
@@ -137,7 +141,7 @@ async def update_participant(
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await _current(conn, namespace, participant)
-                etags.check(name, current, expected)
+                guard.check(name, current)
                 if current["delete_time"] is not None:
                     raise _deleted(namespace, participant)
                 _check_kind(current, kind)
@@ -154,16 +158,13 @@ def _check_kind(current: Row, kind: int | None) -> None:
         raise errors.bad_field("participant.kind", "is immutable", reason=Reason.IMMUTABLE_FIELD)
 
 
-def _conditional(live: ColumnElement[bool], expected: Etag | None) -> list[ColumnElement[bool]]:
-    etag_condition = etags.condition(participants.c.uid, participants.c.version, expected)
-    return [live] if etag_condition is None else [live, etag_condition]
-
-
-async def soft_delete(db: Database, namespace: str, participant: str, expected: Etag | None = None) -> Row:
+async def soft_delete(db: Database, namespace: str, participant: str, guard: Guard = NO_GUARD) -> Row:
     now = utcnow()
     stmt = (
         update(participants)
-        .where(_pk(namespace, participant), *_conditional(participants.c.delete_time.is_(None), expected))
+        .where(
+            _pk(namespace, participant), participants.c.delete_time.is_(None), *guard.conditions(participants)
+        )
         .values(
             delete_time=now,
             purge_time=now + db.retention,
@@ -176,15 +177,19 @@ async def soft_delete(db: Database, namespace: str, participant: str, expected: 
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             current = await _current(conn, namespace, participant)
-            etags.check(names.participant_name(namespace, participant), current, expected)
+            guard.check(names.participant_name(namespace, participant), current)
             raise _deleted(namespace, participant)
     return row
 
 
-async def undelete(db: Database, namespace: str, participant: str, expected: Etag | None = None) -> Row:
+async def undelete(db: Database, namespace: str, participant: str, guard: Guard = NO_GUARD) -> Row:
     stmt = (
         update(participants)
-        .where(_pk(namespace, participant), *_conditional(participants.c.delete_time.is_not(None), expected))
+        .where(
+            _pk(namespace, participant),
+            participants.c.delete_time.is_not(None),
+            *guard.conditions(participants),
+        )
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=participants.c.version + 1)
         .returning(participants)
     )
@@ -193,7 +198,7 @@ async def undelete(db: Database, namespace: str, participant: str, expected: Eta
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await _current(conn, namespace, participant)
-                etags.check(names.participant_name(namespace, participant), current, expected)
+                guard.check(names.participant_name(namespace, participant), current)
                 raise errors.already_exists(
                     names.participant_name(namespace, participant),
                     "participant",

@@ -13,11 +13,11 @@ from sqlalchemy import ColumnElement, and_, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server import errors, etags, names
+from tether.server import errors, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.guard import NO_GUARD, Guard
 from tether.server.db.schema import members, namespaces, participants, sessions
 from tether.server.errors import Reason
-from tether.server.etags import Etag
 from tether.v1 import participant_pb2, session_pb2
 
 _KIND_NAMES: dict[int, str] = {
@@ -240,23 +240,21 @@ async def update_session(
     session: str,
     values: dict[str, Any],
     unchanged: dict[str, Any],
-    expected: Etag | None = None,
+    guard: Guard = NO_GUARD,
 ) -> Row:
     """Write `values` in one conditional statement. Every column in `unchanged`
     must still hold its value (immutable fields the caller sent back), the etag
     must match, the session must be live and enabled (unless this very update
     enables it), and only a GROUP session takes a non-empty group_name."""
     if not values:
-        return await _check_unchanged(db, namespace, session, unchanged, expected)
+        return await _check_unchanged(db, namespace, session, unchanged, guard)
     conditions = [_pk(namespace, session), sessions.c.delete_time.is_(None)]
     conditions += [sessions.c[column] == value for column, value in unchanged.items()]
     if values.get("enabled") is not True:
         conditions.append(sessions.c.enabled.is_(True))
     if values.get("group_name"):
         conditions.append(sessions.c.kind == session_pb2.Session.KIND_GROUP)
-    etag_condition = etags.condition(sessions.c.uid, sessions.c.version, expected)
-    if etag_condition is not None:
-        conditions.append(etag_condition)
+    conditions += guard.conditions(sessions)
     stmt = (
         update(sessions)
         .where(*conditions)
@@ -267,7 +265,7 @@ async def update_session(
         async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                _explain_refused_update(await get_in(conn, namespace, session), values, unchanged, expected)
+                _explain_refused_update(await get_in(conn, namespace, session), values, unchanged, guard)
     except IntegrityError as exc:
         if constraint_kind(exc) == "unique":
             raise _conversation_taken() from None
@@ -277,10 +275,10 @@ async def update_session(
 
 
 def _explain_refused_update(
-    current: Row, values: dict[str, Any], unchanged: dict[str, Any], expected: Etag | None
+    current: Row, values: dict[str, Any], unchanged: dict[str, Any], guard: Guard
 ) -> NoReturn:
     """Why the conditional UPDATE matched no row (it exists: `current`)."""
-    etags.check(_name(current["namespace"], current["session"]), current, expected)
+    guard.check(_name(current["namespace"], current["session"]), current)
     if current["delete_time"] is not None:
         raise _deleted(current)
     if not current["enabled"] and values.get("enabled") is not True:
@@ -298,28 +296,23 @@ def _immutable_changes(current: Row, unchanged: dict[str, Any]) -> list[errors.F
 
 
 async def _check_unchanged(
-    db: Database, namespace: str, session: str, unchanged: dict[str, Any], expected: Etag | None
+    db: Database, namespace: str, session: str, unchanged: dict[str, Any], guard: Guard
 ) -> Row:
     """An update that writes nothing: only check what the caller sent back."""
     async with db.read() as conn:
         current = await get_in(conn, namespace, session)
-    etags.check(_name(namespace, session), current, expected)
+    guard.check(_name(namespace, session), current)
     bad = _immutable_changes(current, unchanged)
     if bad:
         raise errors.invalid_argument(bad, reason=Reason.IMMUTABLE_FIELD)
     return current
 
 
-def _conditional(live: ColumnElement[bool], expected: Etag | None) -> list[ColumnElement[bool]]:
-    etag_condition = etags.condition(sessions.c.uid, sessions.c.version, expected)
-    return [live] if etag_condition is None else [live, etag_condition]
-
-
-async def soft_delete(db: Database, namespace: str, session: str, expected: Etag | None = None) -> Row:
+async def soft_delete(db: Database, namespace: str, session: str, guard: Guard = NO_GUARD) -> Row:
     now = utcnow()
     stmt = (
         update(sessions)
-        .where(_pk(namespace, session), *_conditional(sessions.c.delete_time.is_(None), expected))
+        .where(_pk(namespace, session), sessions.c.delete_time.is_(None), *guard.conditions(sessions))
         .values(
             delete_time=now, purge_time=now + db.retention, update_time=now, version=sessions.c.version + 1
         )
@@ -329,16 +322,16 @@ async def soft_delete(db: Database, namespace: str, session: str, expected: Etag
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             current = await get_in(conn, namespace, session)
-            etags.check(_name(namespace, session), current, expected)
+            guard.check(_name(namespace, session), current)
             raise _deleted(current)
     assert row is not None
     return row
 
 
-async def undelete(db: Database, namespace: str, session: str, expected: Etag | None = None) -> Row:
+async def undelete(db: Database, namespace: str, session: str, guard: Guard = NO_GUARD) -> Row:
     stmt = (
         update(sessions)
-        .where(_pk(namespace, session), *_conditional(sessions.c.delete_time.is_not(None), expected))
+        .where(_pk(namespace, session), sessions.c.delete_time.is_not(None), *guard.conditions(sessions))
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=sessions.c.version + 1)
         .returning(sessions)
     )
@@ -347,7 +340,7 @@ async def undelete(db: Database, namespace: str, session: str, expected: Etag | 
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await get_in(conn, namespace, session)
-                etags.check(_name(namespace, session), current, expected)
+                guard.check(_name(namespace, session), current)
                 raise errors.already_exists(
                     _name(namespace, session), "session", message="session is not deleted"
                 )
@@ -419,12 +412,15 @@ async def _namespace_exists(conn: AsyncConnection, namespace: str) -> bool:
     return (await conn.execute(stmt)).first() is not None
 
 
-async def get_in(conn: AsyncConnection, namespace: str, session: str) -> Row:
-    row: Row | None = (await conn.execute(select(sessions).where(_pk(namespace, session)))).mappings().first()
+async def get_in(conn: AsyncConnection, namespace: str, session: str, *, lock: bool = False) -> Row:
+    """The session row; with `lock`, locked against concurrent writes until commit."""
+    stmt = select(sessions).where(_pk(namespace, session))
+    if lock:
+        stmt = stmt.with_for_update()
+    row: Row | None = (await conn.execute(stmt)).mappings().first()
     if row is None:
         raise errors.not_found(_name(namespace, session), "session")
-    result: Row = row
-    return result
+    return row
 
 
 async def live_session(conn: AsyncConnection, namespace: str, session: str) -> Row:
