@@ -188,8 +188,8 @@ def test_token_output_works_as_an_auth_file(server_factory: ServerFactory, tmp_p
     # An auth file also allows listening beyond loopback.
     server = server_factory(env={"TETHER_AUTH_FILE": str(auth_file), "TETHER_LISTEN": "0.0.0.0:0"})
     with SessionsClient(server.target, token=token) as client:
-        assert client.get_namespace(name=DEFAULT).name == DEFAULT
+        assert client.list_sessions_page(parent=DEFAULT).next_page_token == ""
         with pytest.raises(NotFoundError):
-            client.get_namespace(name="namespaces/elsewhere")
+            client.list_sessions_page(parent="namespaces/elsewhere")
     assert server.wait_for_event("auth_enabled", 5, principals=1) is not None
     assert token not in server.log_text()

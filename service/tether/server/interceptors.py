@@ -21,7 +21,6 @@ through untouched (no token needed). Nothing logged ever holds a token.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,7 +44,6 @@ PASS_THROUGH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Codes that mean the server (not the caller) has a problem.
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-_LIST_NAMESPACES = f"/{policy.SERVICE.full_name}/ListNamespaces"
 
 
 def _status_code(context: Context) -> grpc.StatusCode:
@@ -91,8 +89,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behaviour):
             wrapped: Any = self._wrap_stream(behaviour, method)
         elif inspect.iscoroutinefunction(behaviour):
-            if method == _LIST_NAMESPACES:
-                behaviour = functools.partial(policy.visible_namespaces, behaviour)
             wrapped = self._wrap_unary(behaviour, method)
         else:
             # A synchronous behaviour would run unguarded in grpc's thread pool: refuse it.

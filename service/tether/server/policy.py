@@ -14,14 +14,14 @@ handler (from the server interceptor):
    segment passes through: the handler rejects it as INVALID_ARGUMENT;
 3. check the role: PERMISSION_DENIED when it is below `Rule.role`.
 
-ListNamespaces answers only the namespaces the principal may access
-(`visible_namespaces`). Mutating methods (`Rule.mutating`) get an `audit` log line.
+The namespace methods are admin only (DESIGN.md), and an admin sees every
+namespace. Mutating methods (`Rule.mutating`) get an `audit` log line.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,8 +73,8 @@ _PARENT_IS_SESSION: NameField = ("parent", "session")
 
 POLICY: dict[str, Rule] = {
     "CreateNamespace": _write(role=Role.ADMIN),
-    "GetNamespace": _read(("name", "namespace")),
-    "ListNamespaces": _read(),
+    "GetNamespace": Rule(Role.ADMIN, (("name", "namespace"),)),
+    "ListNamespaces": Rule(Role.ADMIN, ()),
     "DeleteNamespace": _write(("name", "namespace"), role=Role.ADMIN),
     "CreateParticipant": _write(_PARENT_IS_NAMESPACE),
     "GetParticipant": _read(_NAME_IS_PARTICIPANT),
@@ -157,31 +157,6 @@ class Guard:
                 required_role=rule.role.label,
                 principal=principal.id,
             )
-
-
-Behaviour = Callable[[Any, Any], Awaitable[Any]]
-
-
-async def visible_namespaces(
-    behaviour: Behaviour, request: pb.ListNamespacesRequest, context: Any
-) -> pb.ListNamespacesResponse:
-    """ListNamespaces for the current principal: only the namespaces it may access.
-
-    Pages may come back short (AIP-158 allows that); a page with nothing
-    visible is skipped, so a page is empty only at the end of the list.
-    """
-    principal = auth.current_principal()
-    response: pb.ListNamespacesResponse = await behaviour(request, context)
-    if principal.namespaces == auth.ALL:
-        return response
-    while True:
-        visible = [n for n in response.namespaces if principal.can_access(n.name.removeprefix("namespaces/"))]
-        if visible or not response.next_page_token:
-            return pb.ListNamespacesResponse(namespaces=visible, next_page_token=response.next_page_token)
-        following = pb.ListNamespacesRequest()
-        following.CopyFrom(request)
-        following.page_token = response.next_page_token
-        response = await behaviour(following, context)
 
 
 def audited_resource(method: str, request: Message, response: Message | None) -> str:
