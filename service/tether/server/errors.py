@@ -14,6 +14,7 @@ from enum import StrEnum
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import exc as sa_exc
 
@@ -195,9 +196,24 @@ class FieldViolation:
     description: str
 
 
+# An error must fit gRPC's default 8 KiB metadata limit (message + details), or a
+# client with default options sees RESOURCE_EXHAUSTED and nothing else.
+MAX_MESSAGE_CHARS = 512
+MAX_TEXT_CHARS = 200
+MAX_VIOLATIONS = 20
+
+
+def shorten(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` cut to `limit` characters (marked with an ellipsis): errors quote caller input."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class ApiError(Exception):
-    """An error meant for the caller: status code, ErrorInfo reason, message."""
+    """An error meant for the caller: status code, ErrorInfo reason, message.
+
+    What reaches the wire is bounded: the message, every quoted value and the
+    number of violations are capped, whatever the caller sent."""
 
     code: grpc.StatusCode
     reason: Reason
@@ -205,12 +221,23 @@ class ApiError(Exception):
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: Sequence[FieldViolation] = ()
 
+    def __post_init__(self) -> None:
+        self.message = shorten(self.message, MAX_MESSAGE_CHARS)
+        self.metadata = {shorten(k, 64): shorten(v) for k, v in self.metadata.items()}
+        kept = [
+            FieldViolation(shorten(v.field), shorten(v.description)) for v in self.violations[:MAX_VIOLATIONS]
+        ]
+        if len(self.violations) > MAX_VIOLATIONS:
+            more = len(self.violations) - MAX_VIOLATIONS
+            kept.append(FieldViolation(kept[-1].field, f"... and {more} more violations not listed"))
+        self.violations = kept
+
     def __str__(self) -> str:
         return f"{self.code.name} {self.reason}: {self.message}"
 
     def to_status(self) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=dict(self.metadata))
-        details = [info]
+        details: list[Message] = [info]
         if self.violations:
             details.append(
                 error_details_pb2.BadRequest(
@@ -235,7 +262,11 @@ def invalid_argument(
     violations: Sequence[FieldViolation], reason: Reason = Reason.INVALID_ARGUMENT
 ) -> ApiError:
     """Bad input: names every bad field at once."""
-    message = "; ".join(f"{v.field}: {v.description}" for v in violations) or "invalid argument"
+    listed = violations[:3]
+    message = "; ".join(f"{shorten(v.field, 80)}: {shorten(v.description, 120)}" for v in listed)
+    if len(violations) > len(listed):
+        message += f"; and {len(violations) - len(listed)} more (see the BadRequest details)"
+    message = message or "invalid argument"
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, violations=violations)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
@@ -53,6 +54,35 @@ def _status_code(context: Context) -> grpc.StatusCode:
         return code
     # grpcio's aio context reports the raw integer.
     return _CODES_BY_VALUE.get(code, grpc.StatusCode.OK) if isinstance(code, int) else grpc.StatusCode.OK
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse (see `_tolerant`)."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that never raises: gRPC would answer UNKNOWN with the decoder's
+    text; the wrapper answers INVALID_ARGUMENT instead."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, or upb's depth and size limits
+            return _Undecodable(type(exc).__name__)
+
+    return deserialize
+
+
+def _reject_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.invalid_argument(
+            [errors.FieldViolation("request", "the request bytes are not a valid message of this method")]
+        )
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -101,7 +131,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         }[kind]
         return factory(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -115,6 +145,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             response = None
             try:
                 principal = self._authenticate(context)
+                _reject_undecodable(request)
                 self._guard.authorize(method, request, principal)
                 response = await behaviour(request, context)
                 code = _status_code(context)
@@ -136,6 +167,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             principal: auth.Principal | None = None
             try:
                 principal = self._authenticate(context)
+                _reject_undecodable(request)
                 self._guard.authorize(method, request, principal)
                 async for response in behaviour(request, context):
                     yield response

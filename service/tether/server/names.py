@@ -6,7 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from tether.server.errors import ApiError, bad_field
+from tether.server.errors import ApiError, bad_field, shorten
 
 ID_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 ID_RE = re.compile(rf"^{ID_PATTERN}$")
@@ -74,7 +74,7 @@ def member_name(namespace: str, session: str, participant: str) -> str:
 def _fail(field: str, value: str, shape: str) -> ApiError:
     if not value:
         return bad_field(field, "required")
-    return bad_field(field, f"must be a resource name of the form {shape}, got {value!r}")
+    return bad_field(field, f"must be a resource name of the form {shape}, got {shorten(value, 80)!r}")
 
 
 def parse_namespace(value: str, field: str = "name") -> str:

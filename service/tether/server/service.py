@@ -30,7 +30,7 @@ from tether.server.domain import masks
 from tether.server.domain import participants as participant_rules
 from tether.server.domain import sessions as session_rules
 from tether.server.domain.validation import MAX_EXTERNAL_ID, Violations
-from tether.server.errors import Reason
+from tether.server.errors import Reason, shorten
 from tether.server.listing import Lister
 from tether.server.query import SESSION_FILTER_FIELDS, compile_filter
 from tether.v1 import (
@@ -170,6 +170,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         _check_may_set_managed(p.managed, "participant.managed")
         v.enum("participant.kind", p.kind, participant_rules.KINDS)
         participant_rules.check_fields(p, "participant", v)
+        v.check()  # every violation so far, then build values only from valid input
         now = utcnow()
         return {
             "namespace": namespace,
@@ -227,6 +228,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v = Violations()
         _check_may_set_managed("managed" in mask.mutable and p.managed, "participant.managed")
         participant_rules.check_fields(p, "participant", v, mask.mutable)
+        if "kind" in mask.immutable:
+            v.enum("participant.kind", p.kind, participant_rules.KINDS, required=False)
         v.check()
         values = participant_rules.column_values(p, mask.mutable)
         kind = p.kind if "kind" in mask.immutable else None
@@ -266,7 +269,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         for field, key_value in (("kind", request.kind), ("external_id", request.external_id)):
             current = getattr(template, field)
             if current and current != key_value:
-                v.add(f"participant.{field}", f"contradicts {field} ({key_value!r})")
+                v.add(f"participant.{field}", f"contradicts {field} ({shorten(str(key_value), 80)!r})")
         template.kind, template.external_id = request.kind, request.external_id
         values = self._new_participant(namespace, str(uuid.uuid4()), template, v)
         v.check()
@@ -327,7 +330,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 v.items.extend(exc.violations)
                 continue
             if ref.namespace != namespace:
-                v.add(f"names[{i}]", f"must be a session of {request.parent!r}")
+                v.add(f"names[{i}]", "must be a session of the namespace that `parent` names")
             ids.append(ref.session)
         v.check()
         rows = await session_db.batch_get(self._db, namespace, ids)
@@ -352,7 +355,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         unchanged: dict[str, Any] = {}
         for field in mask.immutable:
             value = getattr(s, field)
-            if field != "kind":
+            if field == "kind":
+                v.enum("session.kind", value, session_rules.KINDS, required=False)
+            else:
                 value = session_rules.participant_id(value, ref.namespace, f"session.{field}", v)
             unchanged[field] = value
         v.check()
@@ -464,7 +469,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v = Violations()
         for path in paths:
             if path not in ("role", "*"):
-                v.add("update_mask", f"{path!r} is not a mutable field of member (only role is)")
+                v.add("update_mask", f"{shorten(path, 80)!r} is not a mutable field of member (only role is)")
         v.enum("member.role", request.member.role, ROLES)
         v.check()
         row = await member_db.update_role(

@@ -8,6 +8,7 @@ from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
 from tether.server.domain.validation import Violations
+from tether.server.errors import shorten
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,13 @@ def resolve(
         present = {descriptor.name for descriptor, _ in resource.ListFields()}
         return ResolvedMask(rules.mutable, frozenset(present & rules.immutable))
     for path in paths:
+        quoted = repr(shorten(path, 80))
         if path in rules.output_only or path in ("name", "uid", "etag"):
-            violations.add("update_mask", f"{path!r} is output only")
+            violations.add("update_mask", f"{quoted} is output only")
         elif path in rules.immutable:
-            violations.add("update_mask", f"{path!r} is immutable")
+            violations.add("update_mask", f"{quoted} is immutable")
         elif path not in rules.mutable:
-            violations.add("update_mask", f"unknown field {path!r} of {resource_path}")
+            violations.add("update_mask", f"unknown field {quoted} of {resource_path}")
     if not paths:
         violations.add("update_mask", "must name at least one field")
     violations.check()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from google.protobuf import duration_pb2
+
 from tether.server import names
 from tether.server.convert import struct_to_json, to_datetime
 from tether.server.db.base import utcnow
@@ -18,8 +20,9 @@ from tether.server.domain.validation import (
     MAX_EXTERNAL_ID,
     MAX_SESSION_STATE_BYTES,
     Violations,
+    timestamp_in_range,
 )
-from tether.server.errors import ApiError
+from tether.server.errors import ApiError, shorten
 from tether.v1 import participant_pb2, session_pb2, session_service_pb2
 
 Session = session_pb2.Session
@@ -106,12 +109,8 @@ def _check_mutable(s: Session, path: str, v: Violations, fields: frozenset[str])
         v.struct(f"{path}.session_state", s.session_state, MAX_SESSION_STATE_BYTES)
     if "expire_time" in fields and s.HasField("expire_time"):
         v.timestamp(f"{path}.expire_time", s.expire_time)
-    if "ttl" in fields and s.HasField("ttl"):
-        ttl = s.ttl
-        if ttl.seconds < 0 or ttl.nanos < 0 or (ttl.seconds == 0 and ttl.nanos == 0):
-            v.add(f"{path}.ttl", "must be positive")
-        elif ttl.ToTimedelta() > MAX_TTL:
-            v.add(f"{path}.ttl", "must be at most 100 years")
+    if "ttl" in fields and s.HasField("ttl") and not _ttl_valid(s.ttl):
+        v.add(f"{path}.ttl", "must be positive and at most 100 years")
 
 
 def check_update(s: Session, mask: masks.ResolvedMask, v: Violations) -> None:
@@ -119,11 +118,19 @@ def check_update(s: Session, mask: masks.ResolvedMask, v: Violations) -> None:
     _check_mutable(s, "session", v, mask.mutable)
 
 
+def _ttl_valid(ttl: duration_pb2.Duration) -> bool:
+    """Compared in integers: ToTimedelta() itself overflows on absurd values."""
+    if not 0 <= ttl.nanos < 1_000_000_000 or ttl.seconds < 0 or (ttl.seconds, ttl.nanos) == (0, 0):
+        return False
+    return ttl.seconds < MAX_TTL.total_seconds()
+
+
 def _expire_time(s: Session, now: datetime) -> datetime | None:
+    """The expiry a request asks for; None for an invalid one (validation reports it)."""
     if s.HasField("ttl"):
-        return now + s.ttl.ToTimedelta()
+        return now + s.ttl.ToTimedelta() if _ttl_valid(s.ttl) else None
     if s.HasField("expire_time"):
-        return to_datetime(s.expire_time)
+        return to_datetime(s.expire_time) if timestamp_in_range(s.expire_time) else None
     return None
 
 
@@ -172,7 +179,7 @@ def _check_kind_rules(
 def new_session(
     namespace: str, session_id: str, s: Session, path: str, v: Violations, *, auto_created: bool = False
 ) -> NewSession:
-    """Validate a session to create and build its row. Call `v.check()` after."""
+    """Validate a session to create (raising every violation in `v` so far) and build its row."""
     v.enum(f"{path}.kind", s.kind, KINDS)
     if not s.agent:
         v.add(f"{path}.agent", "required")
@@ -181,6 +188,7 @@ def new_session(
     peer = participant_id(s.peer_agent, namespace, f"{path}.peer_agent", v)
     _check_kind_rules(s.kind, agent, user, peer, s, path, v)
     _check_mutable(s, path, v, RULES.mutable)
+    v.check()
     now = utcnow()
     values = {
         "namespace": namespace,
@@ -249,5 +257,5 @@ def template_for_key(
 def _fill(template: Session, field: str, key_value: str, key_path: str, v: Violations) -> None:
     current = getattr(template, field)
     if current and current != key_value:
-        v.add(f"session.{field}", f"contradicts {key_path} ({key_value!r})")
+        v.add(f"session.{field}", f"contradicts {key_path} ({shorten(key_value, 80)!r})")
     setattr(template, field, key_value)

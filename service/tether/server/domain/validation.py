@@ -5,6 +5,7 @@ Lengths are counted in characters (code points), so an emoji counts once.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from tether.server import names
-from tether.server.errors import ApiError, FieldViolation, Reason, invalid_argument
+from tether.server.errors import ApiError, FieldViolation, Reason, invalid_argument, shorten
 
 T = TypeVar("T")
 LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
@@ -27,6 +28,7 @@ MAX_EXTERNAL_ID = 256
 MAX_URI = 2048
 MAX_METADATA_BYTES = 64 * 1024
 MAX_SESSION_STATE_BYTES = 256 * 1024
+MAX_STRUCT_DEPTH = 32
 REQUEST_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Timestamps PostgreSQL and protobuf both represent.
 MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
@@ -81,7 +83,7 @@ class Violations:
             if required:
                 self.add(path, "required")
         elif not names.is_valid_id(value):
-            self.add(path, f"must match {names.ID_RE.pattern}, got {value!r}")
+            self.add(path, f"must match {names.ID_RE.pattern}, got {shorten(value, 80)!r}")
 
     def request_id(self, path: str, value: str) -> None:
         if value and REQUEST_ID_RE.fullmatch(value) is None:
@@ -89,14 +91,14 @@ class Violations:
 
     def channel(self, path: str, value: str) -> None:
         if value and names.CHANNEL_RE.fullmatch(value) is None:
-            self.add(path, f"must match {names.CHANNEL_RE.pattern}, got {value!r}")
+            self.add(path, f"must match {names.CHANNEL_RE.pattern}, got {shorten(value, 80)!r}")
 
     def labels(self, path: str, labels: Mapping[str, str]) -> None:
         if len(labels) > MAX_LABELS:
             self.add(path, f"at most {MAX_LABELS} labels, got {len(labels)}")
         for key, value in labels.items():
             if LABEL_KEY_RE.fullmatch(key) is None:
-                self.add(f"{path}[{key!r}]", f"label key must match {LABEL_KEY_RE.pattern}")
+                self.add(f"{path}[{shorten(key, 64)!r}]", f"label key must match {LABEL_KEY_RE.pattern}")
             else:
                 self.text(f"{path}[{key!r}]", value, MAX_LABEL_VALUE)
 
@@ -104,8 +106,10 @@ class Violations:
         size = value.ByteSize()
         if size > max_bytes:
             self.oversize.append(FieldViolation(path, f"at most {max_bytes} bytes serialized, got {size}"))
-        elif _struct_has_nul(value):
-            self.add(path, "must not contain NUL characters")
+        else:
+            problem = _struct_problem(value, depth=1)
+            if problem:
+                self.add(path, problem)
 
     def timestamp(self, path: str, value: timestamp_pb2.Timestamp) -> None:
         if not timestamp_in_range(value):
@@ -124,22 +128,29 @@ def timestamp_in_range(value: timestamp_pb2.Timestamp) -> bool:
     return MIN_TIME.timestamp() <= value.seconds <= MAX_TIME.timestamp()
 
 
-def _struct_has_nul(value: struct_pb2.Struct | struct_pb2.ListValue) -> bool:
+def _struct_problem(value: struct_pb2.Struct | struct_pb2.ListValue, depth: int) -> str | None:
+    """Why a Struct cannot be stored and given back: NUL characters (PostgreSQL
+    cannot store them), NaN or infinities (JSON has none), or nesting deeper
+    than MAX_STRUCT_DEPTH (protobuf decoders refuse deep messages)."""
+    if depth > MAX_STRUCT_DEPTH:
+        return f"must not nest deeper than {MAX_STRUCT_DEPTH} levels"
     if isinstance(value, struct_pb2.Struct):
         if any("\x00" in key for key in value.fields):
-            return True
+            return "must not contain NUL characters"
         items = list(value.fields.values())
     else:
         items = list(value.values)
     for item in items:
         kind = item.WhichOneof("kind")
         if kind == "string_value" and "\x00" in item.string_value:
-            return True
-        if kind == "struct_value" and _struct_has_nul(item.struct_value):
-            return True
-        if kind == "list_value" and _struct_has_nul(item.list_value):
-            return True
-    return False
+            return "must not contain NUL characters"
+        if kind == "number_value" and not math.isfinite(item.number_value):
+            return "must not contain NaN or infinite numbers"
+        if kind in ("struct_value", "list_value"):
+            problem = _struct_problem(getattr(item, kind), depth + 1)
+            if problem:
+                return problem
+    return None
 
 
 def require(condition: bool, path: str, description: str) -> None:

@@ -124,7 +124,7 @@ def _decode(token: str, keys: Sequence[OrderKey], binding: Sequence[str]) -> tup
     if (
         not isinstance(values, list)
         or len(values) != len(keys)
-        or not all(isinstance(value, str) for value in values)
+        or not all(isinstance(value, str) and _storable(value) for value in values)
     ):
         raise _invalid_token()
     if payload.get("f") != _fingerprint(binding, values):
@@ -134,6 +134,18 @@ def _decode(token: str, keys: Sequence[OrderKey], binding: Sequence[str]) -> tup
             reason=Reason.INVALID_PAGE_TOKEN,
         )
     return tuple(_cursor_value(key, value) for key, value in zip(keys, values, strict=True))
+
+
+def _storable(value: str) -> bool:
+    """Tokens are checked, not signed, so a cursor value may be forged: refuse what no
+    database column holds (NUL, lone surrogates) before it reaches SQL."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_timestamp(key: OrderKey) -> bool:
