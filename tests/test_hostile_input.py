@@ -108,3 +108,15 @@ def test_errors_stay_small_whatever_the_input(client: SessionsClient) -> None:
     assert len(error.violations) <= 21
     assert len(error.message) <= 512
     assert all(len(v.description) <= 200 for v in error.violations)
+
+
+def test_undecodable_mutating_calls_log_no_error(server: ServerProcess) -> None:
+    method = "/tether.v1.SessionService/AddMember"
+    with grpc.insecure_channel(server.target) as channel:
+        call = channel.unary_unary(method, request_serializer=lambda raw: raw, response_deserializer=bytes)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\x00", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    audit = server.wait_for_event("audit", 30, method=method, code="INVALID_ARGUMENT")
+    assert audit is not None
+    assert not [e for e in server.events() if e.get("level") == "error"], server.log_tail()

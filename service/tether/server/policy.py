@@ -162,6 +162,8 @@ class Guard:
 def audited_resource(method: str, request: Message, response: Message | None) -> str:
     """The resource a mutating call touched: the created or changed resource's name when the
     response has one, else the first name the request gives."""
+    if not isinstance(request, Message):  # bytes that did not decode
+        return ""
     if response is not None:
         for holder in (response, *_sub_messages(response, ("session", "participant"))):
             name = getattr(holder, "name", "")
