@@ -1,0 +1,151 @@
+"""The bench database: create (and drop) a fresh one, migrate it, seed it with bulk SQL,
+and count statements (pg_stat_statements, when available)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from tether.server.db.migrate import migrate_sync
+from tether.server.query import page_request
+from tether.server.query.ordering import SESSION_ORDER_FIELDS, parse_order_by
+from tether.server.query.pagination import next_page
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+NAMESPACE = "bench"
+AGENTS = 100
+USERS = 1000
+
+
+def plain_dsn(url: str) -> str:
+    """`postgresql+asyncpg://...` or `postgres://...` -> `postgresql://...` (what asyncpg takes)."""
+    scheme, rest = url.split("://", 1)
+    if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    return f"postgresql://{rest}"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def create_fresh(server_url: str = DEFAULT_SERVER) -> str:
+    """Create `tether_bench_<hex>` on the server and return its URL."""
+    name = f"tether_bench_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop(url: str, server_url: str = DEFAULT_SERVER) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def migrate(url: str) -> None:
+    migrate_sync(url)
+
+
+async def seed_base(conn: Any) -> None:
+    """The namespace, AGENTS agents and USERS users."""
+    await conn.execute(
+        "INSERT INTO namespaces (namespace, uid, display_name, labels, create_time, update_time)"
+        " VALUES ($1, gen_random_uuid()::text, 'bench', '{}'::jsonb, now(), now())",
+        NAMESPACE,
+    )
+    for prefix, kind, count in (("agent", 2, AGENTS), ("user", 1, USERS)):
+        await conn.execute(
+            "INSERT INTO participants (namespace, participant, uid, kind, labels, create_time, update_time)"
+            " SELECT $1, $2 || '-' || i, gen_random_uuid()::text, $3, '{}'::jsonb, now(), now()"
+            " FROM generate_series(0, $4 - 1) AS i",
+            NAMESPACE,
+            prefix,
+            kind,
+            count,
+        )
+
+
+async def seed_sessions(conn: Any, start: int, stop: int) -> None:
+    """Sessions s-<start>..s-<stop - 1>: DIRECT, conversation c-<i> of agent-<i % AGENTS> on
+    `web`, last activity spread over 30 days; then ANALYZE."""
+    await conn.execute(
+        'INSERT INTO sessions (namespace, session, uid, kind, agent, "user", channel,'
+        " external_conversation_id, labels, create_time, update_time, last_activity_time)"
+        " SELECT $1, 's-' || i, gen_random_uuid()::text, 1, 'agent-' || (i % $4), 'user-' || (i % $5),"
+        " 'web', 'c-' || i, '{}'::jsonb, t, t, t"
+        " FROM (SELECT i, now() - random() * interval '30 days' AS t"
+        "       FROM generate_series($2::int, $3::int - 1) AS i) AS g",
+        NAMESPACE,
+        start,
+        stop,
+        AGENTS,
+        USERS,
+    )
+    await conn.execute("ANALYZE")
+
+
+async def deep_page_token(conn: Any, fraction: float) -> str:
+    """A ListSessions page token (default order, no filter) whose page starts `fraction` deep.
+
+    Tokens carry the last row's ordering key plus a fingerprint of the query, so the token
+    is built with the server's own pagination code from the row at that offset."""
+    total = await conn.fetchval(
+        "SELECT count(*) FROM sessions WHERE namespace = $1 AND delete_time IS NULL", NAMESPACE
+    )
+    row = await conn.fetchrow(
+        "SELECT last_activity_time, uid FROM sessions WHERE namespace = $1 AND delete_time IS NULL"
+        " ORDER BY last_activity_time DESC, uid DESC OFFSET $2 LIMIT 1",
+        NAMESPACE,
+        int(total * fraction),
+    )
+    ordering = parse_order_by("", SESSION_ORDER_FIELDS)
+    page = page_request(
+        page_size=1, page_token="", ordering=ordering, binding=(f"namespaces/{NAMESPACE}", "", "False")
+    )
+    cursor = {"last_activity_time": row["last_activity_time"].astimezone(UTC), "uid": row["uid"]}
+    _, token = next_page([cursor, cursor], page)
+    return token
+
+
+class Counters:
+    """Statements of the bench database from pg_stat_statements, when its library is
+    preloaded (shared_preload_libraries; the harness never restarts the server to add it)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.statements_available = False
+        self.why_not = ""
+
+    async def setup(self) -> None:
+        try:
+            await self._conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await self._conn.fetchval("SELECT count(*) FROM pg_stat_statements")
+            self.statements_available = True
+        except asyncpg.PostgresError as exc:
+            self.why_not = str(exc).splitlines()[0]
+
+    async def snapshot(self) -> int | None:
+        """Statements run so far in the bench database (None without pg_stat_statements)."""
+        if not self.statements_available:
+            return None
+        calls = await self._conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return int(calls)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
