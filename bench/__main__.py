@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 import uvloop
 
+from bench import cpu
 from bench import database as db
 from bench.floor import SERVICE as FLOOR_SERVICE
 from bench.load import Call, LoadGenerator, Measurement
@@ -68,6 +69,11 @@ class Cell:
     errors: int
     first_error: str
     statements_per_op: float | None
+    # CPU microseconds per operation of the server process, the database's backends and the
+    # load generator (None when /proc does not show them, e.g. a remote database).
+    server_cpu_us_per_op: float | None
+    postgres_cpu_us_per_op: float | None
+    client_cpu_us_per_op: float | None
     baseline: str = ""  # what `ratio` compares with
     ratio: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -279,10 +285,25 @@ class Bench:
         seconds: float | None = None,
     ) -> Cell:
         await gen.run(call, in_flight=in_flight, seconds=self.s.warmup, warmup=0)
+        backends = await counters.backends()
         statements0 = await counters.snapshot()
+        server0, postgres0, client0 = (
+            cpu.snapshot([gen.server_pid]),
+            cpu.snapshot(backends),
+            time.process_time(),
+        )
         m: Measurement = await gen.run(call, in_flight=in_flight, seconds=seconds or self.s.seconds, warmup=0)
+        server1, postgres1, client1 = (
+            cpu.snapshot([gen.server_pid]),
+            cpu.snapshot(backends),
+            time.process_time(),
+        )
         statements1 = await counters.snapshot()
         ops = max(m.ops, 1)
+
+        def per_op(used: float | None) -> float | None:
+            return None if used is None else round(used * 1e6 / ops)
+
         statements = None
         if statements0 is not None and statements1 is not None:
             statements = (statements1 - statements0 - 2) / ops  # minus the snapshot's own query
@@ -298,6 +319,9 @@ class Bench:
             errors=m.errors,
             first_error=m.first_error,
             statements_per_op=None if statements is None else round(statements, 2),
+            server_cpu_us_per_op=per_op(cpu.used(server0, server1)),
+            postgres_cpu_us_per_op=per_op(cpu.used(postgres0, postgres1)),
+            client_cpu_us_per_op=per_op(client1 - client0),
         )
         self.cells.append(cell)
         print(f"  {group:7} {name:24} {in_flight:>3} in flight: {m.ops_per_s:8.0f} ops/s", file=sys.stderr)
@@ -325,8 +349,8 @@ class Bench:
         await self.grow(conn, self.s.sizes[0])
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
         tether_process, tether_target = start_tether(self.url, self.s.pool_size)
-        floor = LoadGenerator(floor_target, self.s.channels)
-        tether = LoadGenerator(tether_target, self.s.channels)
+        floor = LoadGenerator(floor_target, self.s.channels, floor_process.pid)
+        tether = LoadGenerator(tether_target, self.s.channels, tether_process.pid)
         try:
             await floor.ready()
             await tether.ready()
@@ -415,14 +439,15 @@ def fmt(value: float | None, spec: str) -> str:
 def table(cells: Sequence[Cell]) -> str:
     header = (
         "| group | cell | sessions | in flight | ops/s | p50 ms | p99 ms | errors "
-        "| ratio | ratio to | stmts/op |"
+        "| ratio | ratio to | stmts/op | CPU µs/op: server | PostgreSQL | client |"
     )
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for c in cells:
         lines.append(
             f"| {c.group} | {c.name} | {c.sessions:,} | {c.in_flight} | {c.ops_per_s:,.0f} | {c.p50_ms:.2f} "
             f"| {c.p99_ms:.2f} | {c.errors} | {fmt(c.ratio, '.2f') if c.baseline else ''} | {c.baseline} "
-            f"| {fmt(c.statements_per_op, '.1f')} |"
+            f"| {fmt(c.statements_per_op, '.1f')} | {fmt(c.server_cpu_us_per_op, '.0f')} "
+            f"| {fmt(c.postgres_cpu_us_per_op, '.0f')} | {fmt(c.client_cpu_us_per_op, '.0f')} |"
         )
     return "\n".join(lines)
 

@@ -136,6 +136,13 @@ class Counters:
         except asyncpg.PostgresError as exc:
             self.why_not = str(exc).splitlines()[0]
 
+    async def backends(self) -> list[int]:
+        """The other backends of the bench database (the servers' pooled connections)."""
+        pids = await self._conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [int(row["pid"]) for row in pids]
+
     async def snapshot(self) -> int | None:
         """Statements run so far in the bench database (None without pg_stat_statements)."""
         if not self.statements_available:

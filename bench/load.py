@@ -37,7 +37,8 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 class LoadGenerator:
     """Drives calls over `channels` gRPC channels to one target."""
 
-    def __init__(self, target: str, channels: int) -> None:
+    def __init__(self, target: str, channels: int, server_pid: int) -> None:
+        self.server_pid = server_pid  # the process serving `target`, for its CPU time
         self._channels = [grpc.aio.insecure_channel(target) for _ in range(channels)]
         self._sequence = 0
 
