@@ -177,6 +177,7 @@ class Bench:
         self.run_id = secrets.token_hex(3)
         self.sessions = 0  # seeded sessions s-0 .. s-<sessions - 1>
         self.deep_token = ""
+        self.statements_note = ""
         self.cells: list[Cell] = []
         self.stubs: dict[int, SessionServiceAsyncStub] = {}
         self.floor_methods: dict[tuple[int, str], Any] = {}
@@ -348,7 +349,11 @@ class Bench:
         await db.seed_base(conn)
         await self.grow(conn, self.s.sizes[0])
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
-        tether_process, tether_target = start_tether(self.url, self.s.pool_size)
+        try:
+            tether_process, tether_target = start_tether(self.url, self.s.pool_size)
+        except BaseException:
+            stop(floor_process)
+            raise
         floor = LoadGenerator(floor_target, self.s.channels, floor_process.pid)
         tether = LoadGenerator(tether_target, self.s.channels, tether_process.pid)
         try:
