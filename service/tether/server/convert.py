@@ -18,10 +18,16 @@ Row = Mapping[Any, Any]
 etag = format_etag
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    """An aware datetime as a Timestamp, in integer arithmetic (several per response:
+    `Timestamp.FromDatetime` costs far more)."""
+    delta = value - _EPOCH  # days may be negative; seconds and microseconds never are
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def to_datetime(value: timestamp_pb2.Timestamp) -> datetime:

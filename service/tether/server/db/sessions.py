@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import grpc
-from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
 from tether.server.db.guard import NO_GUARD, Guard
-from tether.server.db.schema import members, namespaces, participants, sessions
+from tether.server.db.schema import UTCDateTime, members, namespaces, participants, sessions
 from tether.server.errors import Reason
 from tether.v1 import participant_pb2, session_pb2
 
@@ -108,9 +108,30 @@ def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# Hot-path statements are built once: building and hashing a statement per call
+# costs more than running it (see the README's Performance section).
+_KEY = and_(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
+_GET = select(sessions).where(_KEY)
+_WHEN = bindparam("p_when", type_=UTCDateTime())
+_MOVES = sessions.c.last_activity_time < _WHEN
+_RECORD_ACTIVITY = (
+    update(sessions)
+    .where(_KEY, sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
+    .values(
+        last_activity_time=case((_MOVES, _WHEN), else_=sessions.c.last_activity_time),
+        version=sessions.c.version + case((_MOVES, 1), else_=0),
+    )
+    .returning(sessions)
+)
+
+
 async def get(db: Database, namespace: str, session: str) -> Row:
     async with db.read() as conn:
-        return await get_in(conn, namespace, session)
+        result = await conn.execute(_GET, {"p_namespace": namespace, "p_session": session})
+        row: Row | None = result.mappings().first()
+    if row is None:
+        raise errors.not_found(_name(namespace, session), "session")
+    return row
 
 
 async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Row]:
@@ -216,18 +237,9 @@ async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row
 async def record_activity(db: Database, namespace: str, session: str, when: datetime) -> Row:
     """last_activity_time = max(current, when), in one statement; the etag moves
     only when the time does."""
-    moves = sessions.c.last_activity_time < when
-    stmt = (
-        update(sessions)
-        .where(_pk(namespace, session), sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
-        .values(
-            last_activity_time=case((moves, when), else_=sessions.c.last_activity_time),
-            version=sessions.c.version + case((moves, 1), else_=0),
-        )
-        .returning(sessions)
-    )
+    params = {"p_namespace": namespace, "p_session": session, "p_when": when}
     async with db.statement() as conn:
-        row: Row | None = (await conn.execute(stmt)).mappings().first()
+        row: Row | None = (await conn.execute(_RECORD_ACTIVITY, params)).mappings().first()
         if row is None:
             _raise_not_live(await get_in(conn, namespace, session))
     assert row is not None
