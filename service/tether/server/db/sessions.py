@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import grpc
-from sqlalchemy import ColumnElement, and_, bindparam, case, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,11 +44,29 @@ class ParticipantRef:
 
 @dataclass(frozen=True)
 class ConflictTarget:
-    """A live-session unique key: how to find the row and how to guard the insert."""
+    """A live-session unique key: how to find the row (`lookup` with `params`, a
+    statement built once; `where` for any row, deleted ones too) and how to guard
+    the insert."""
 
     where: ColumnElement[bool]
     index_elements: Sequence[Any]
     index_where: ColumnElement[bool]
+    lookup: Select[Any]
+    params: dict[str, str]
+
+
+_LIVE = sessions.c.delete_time.is_(None)
+_NAMESPACE_PARAM = sessions.c.namespace == bindparam("p_namespace")
+_CONVERSATION_LOOKUP = select(sessions).where(
+    _NAMESPACE_PARAM,
+    sessions.c.agent == bindparam("p_agent"),
+    sessions.c.channel == bindparam("p_channel"),
+    sessions.c.external_conversation_id == bindparam("p_conversation"),
+    _LIVE,
+)
+_AGENT_PAIR_LOOKUP = select(sessions).where(
+    _NAMESPACE_PARAM, sessions.c.agent_pair == bindparam("p_pair"), _LIVE
+)
 
 
 def agent_pair_key(agent: str, peer_agent: str) -> str:
@@ -72,6 +90,13 @@ def conversation_target(namespace: str, agent: str, channel: str, conversation_i
             sessions.c.external_conversation_id,
         ],
         index_where=CONVERSATION_INDEX_WHERE,
+        lookup=_CONVERSATION_LOOKUP,
+        params={
+            "p_namespace": namespace,
+            "p_agent": agent,
+            "p_channel": channel,
+            "p_conversation": conversation_id,
+        },
     )
 
 
@@ -80,6 +105,8 @@ def agent_pair_target(namespace: str, pair: str) -> ConflictTarget:
         where=and_(sessions.c.namespace == namespace, sessions.c.agent_pair == pair),
         index_elements=[sessions.c.namespace, sessions.c.agent_pair],
         index_where=AGENT_PAIR_INDEX_WHERE,
+        lookup=_AGENT_PAIR_LOOKUP,
+        params={"p_namespace": namespace, "p_pair": pair},
     )
 
 
@@ -177,21 +204,20 @@ async def find_or_create(
 ) -> tuple[Row, bool]:
     """The live session for a key, else a restored or new one. Atomic: the
     insert is guarded by the key's partial unique index."""
-    live = select(sessions).where(target.where, sessions.c.delete_time.is_(None))
+    async with db.read() as conn:  # the hot path: the key usually exists
+        existing: Row | None = (await conn.execute(target.lookup, target.params)).mappings().first()
+    if existing is not None:
+        return existing, False
     insert = (
         db.insert(sessions)
         .values(values)
         .on_conflict_do_nothing(index_elements=target.index_elements, index_where=target.index_where)
         .returning(sessions)
     )
-    async with db.read() as conn:  # the hot path: the key usually exists
-        existing: Row | None = (await conn.execute(live)).mappings().first()
-    if existing is not None:
-        return existing, False
     for _ in range(3):
         try:
             async with db.transaction() as conn:
-                found = (await conn.execute(live)).mappings().first()
+                found = (await conn.execute(target.lookup, target.params)).mappings().first()
                 if found is not None:
                     return found, False
                 if undelete_if_deleted:
@@ -203,7 +229,7 @@ async def find_or_create(
                 if created is not None:
                     await conn.execute(db.insert(members), member_rows(values))
                     return created, True
-                found = (await conn.execute(live)).mappings().first()
+                found = (await conn.execute(target.lookup, target.params)).mappings().first()
                 if found is not None:
                     return found, False
         except IntegrityError as exc:
