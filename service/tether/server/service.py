@@ -7,7 +7,6 @@ calls the data layer and converts rows back to messages. Errors are raised as
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -71,7 +70,7 @@ def _mask(request: Any) -> Any:
 
 def _new_id(given: str, path: str, v: Violations) -> str:
     v.id(path, given)
-    return given or str(uuid.uuid4())
+    return given or names.new_id()
 
 
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
@@ -126,7 +125,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         now = utcnow()
         values = {
             "namespace": request.namespace_id,
-            "uid": str(uuid.uuid4()),
+            "uid": names.new_id(),
             "display_name": request.namespace.display_name,
             "labels": dict(request.namespace.labels),
             "create_time": now,
@@ -175,7 +174,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         return {
             "namespace": namespace,
             "participant": participant_id,
-            "uid": str(uuid.uuid4()),
+            "uid": names.new_id(),
             "kind": p.kind,
             "create_time": now,
             "update_time": now,
@@ -271,7 +270,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             if current and current != key_value:
                 v.add(f"participant.{field}", f"contradicts {field} ({shorten(str(key_value), 80)!r})")
         template.kind, template.external_id = request.kind, request.external_id
-        values = self._new_participant(namespace, str(uuid.uuid4()), template, v)
+        values = self._new_participant(namespace, names.new_id(), template, v)
         v.check()
 
         async def find_or_create() -> pb.FindOrCreateParticipantResponse:
@@ -400,9 +399,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.request_id("request_id", request.request_id)
         template = session_rules.template_for_key(request, namespace, v)
         _check_may_set_managed(template.managed, "session.managed")
-        new = session_rules.new_session(
-            namespace, str(uuid.uuid4()), template, "session", v, auto_created=True
-        )
+        new = session_rules.new_session(namespace, names.new_id(), template, "session", v, auto_created=True)
         v.check()
         values = new.values
         if request.WhichOneof("key") == "agent_pair":

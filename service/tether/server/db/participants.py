@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.server import errors, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
 from tether.server.db.guard import NO_GUARD, Guard
-from tether.server.db.schema import namespaces, participants
+from tether.server.db.schema import participants
 from tether.server.errors import Reason
 
 # The predicate of the partial unique index on external_id (ON CONFLICT must name it).
@@ -227,8 +227,3 @@ def _deleted(namespace: str, participant: str) -> errors.ApiError:
         f"participant {names.participant_name(namespace, participant)!r} is deleted",
         resource_name=names.participant_name(namespace, participant),
     )
-
-
-async def namespace_exists(conn: AsyncConnection, namespace: str) -> bool:
-    stmt = select(namespaces.c.namespace).where(namespaces.c.namespace == namespace)
-    return (await conn.execute(stmt)).first() is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -193,7 +192,7 @@ def new_session(
     values = {
         "namespace": namespace,
         "session": session_id,
-        "uid": str(uuid.uuid4()),
+        "uid": names.new_id(),
         "kind": s.kind,
         "agent": agent,
         "user": user,

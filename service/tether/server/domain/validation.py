@@ -151,9 +151,3 @@ def _struct_problem(value: struct_pb2.Struct | struct_pb2.ListValue, depth: int)
             if problem:
                 return problem
     return None
-
-
-def require(condition: bool, path: str, description: str) -> None:
-    """Fail at once with one violation unless `condition` holds."""
-    if not condition:
-        raise invalid_argument([FieldViolation(path, description)])
