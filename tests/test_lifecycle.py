@@ -19,7 +19,14 @@ from psycopg import sql
 from tests.support.databases import DatabaseBackend, PostgresBackend, libpq_url
 from tests.support.server import ServerFactory
 from tests.support.tools import describe, run_tool
-from tether.client import NotFoundError, Participant, Session, SessionsClient, UnavailableError
+from tether.client import (
+    DeadlineExceededError,
+    NotFoundError,
+    Participant,
+    Session,
+    SessionsClient,
+    UnavailableError,
+)
 from tether.server.db.migrate import schema_drift
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -70,6 +77,7 @@ def test_health_follows_the_database(
     server = server_factory(url, env={"TETHER_HEALTH_INTERVAL": "0.2"})
     dbname = sql.Identifier(_dbname(url))
     client = SessionsClient(server.target, retry=False)
+    session = _new_session(client)
     with _health_watch(server.target) as health, _admin(database_backend) as admin:
         _next_status(health, SERVING)
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(dbname))
@@ -77,14 +85,65 @@ def test_health_follows_the_database(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (_dbname(url),)
         )
         _next_status(health, NOT_SERVING)
-        with pytest.raises(UnavailableError) as info:
-            client.get_namespace(name="namespaces/default")
-        assert info.value.reason == "DATABASE_UNAVAILABLE"
+        # Through SQLAlchemy, and the hot paths that run on the raw asyncpg connection.
+        calls: list[Callable[[], object]] = [
+            lambda: client.get_namespace(name="namespaces/default"),
+            lambda: client.get_session(name=session.name),
+            lambda: client.record_activity(name=session.name),
+        ]
+        for call in calls:
+            with pytest.raises(UnavailableError) as info:
+                call()
+            assert info.value.reason == "DATABASE_UNAVAILABLE"
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(dbname))
         _next_status(health, SERVING)
     assert client.get_namespace(name="namespaces/default").name == "namespaces/default"
+    assert client.get_session(name=session.name) == session
+    assert client.record_activity(name=session.name).name == session.name
     client.close()
     assert server.stop() == 0
+
+
+def _new_session(client: SessionsClient) -> Session:
+    agent = client.create_participant(
+        parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
+    ).name
+    return client.create_session(
+        parent="namespaces/default", session=Session(kind=Session.KIND_TRIGGER, agent=agent)
+    )
+
+
+def _lock_waiters(url: str) -> int:
+    with psycopg.connect(libpq_url(url), autocommit=True) as observer:
+        row = observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.pg_only
+def test_a_cancelled_call_does_not_pass_on_a_busy_connection(server_factory: ServerFactory) -> None:
+    """RecordActivity runs on the raw asyncpg connection: when its caller gives up while
+    the statement waits on a lock, that connection must not serve the next call."""
+    url = server_factory.new_database()
+    server = server_factory(url, env={"TETHER_DB_POOL_SIZE": "1"})  # the next call gets that slot
+    client = SessionsClient(server.target, retry=False)
+    session = _new_session(client)
+    with psycopg.connect(libpq_url(url)) as blocker:
+        blocker.execute(
+            "SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session.name.rsplit("/", 1)[1],)
+        )
+        with pytest.raises(DeadlineExceededError):
+            client.record_activity(name=session.name, timeout=1.0)
+        # The lock is still held: the abandoned statement must not be left waiting on it.
+        _wait_until(lambda: _lock_waiters(url) == 0, "the abandoned statement to go away")
+        assert client.get_session(name=session.name) == session
+        blocker.rollback()
+    assert client.record_activity(name=session.name).name == session.name
+    client.close()
+    assert server.stop() == 0, server.log_text()
 
 
 @pytest.mark.pg_only
@@ -92,28 +151,13 @@ def test_sigterm_lets_in_flight_calls_finish(server_factory: ServerFactory) -> N
     url = server_factory.new_database()
     server = server_factory(url)
     client = SessionsClient(server.target, retry=False)
-    agent = client.create_participant(
-        parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
-    ).name
-    session = client.create_session(
-        parent="namespaces/default", session=Session(kind=Session.KIND_TRIGGER, agent=agent)
-    )
+    session = _new_session(client)
     session_id = session.name.rsplit("/", 1)[1]
     with psycopg.connect(libpq_url(url)) as blocker, ThreadPoolExecutor(1) as pool:
         # Hold the session's row lock so RecordActivity stays in flight.
         blocker.execute("SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session_id,))
         in_flight = pool.submit(client.record_activity, name=session.name)
-        with psycopg.connect(libpq_url(url), autocommit=True) as observer:
-            _wait_until(
-                lambda: (
-                    observer.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"
-                    ).fetchone()
-                    == (1,)
-                ),
-                "RecordActivity to wait on the row lock",
-            )
+        _wait_until(lambda: _lock_waiters(url) == 1, "RecordActivity to wait on the row lock")
         server.process.send_signal(signal.SIGTERM)
         assert server.wait_for_event("stopping") is not None
         blocker.rollback()  # release the lock: the call may now finish

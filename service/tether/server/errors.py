@@ -341,21 +341,22 @@ def from_database_error(error: Exception) -> ApiError | None:
     Constraint violations are mapped where the statement is issued (only the
     caller of the statement knows which resource collided); what reaches here
     is connectivity trouble (UNAVAILABLE, safe to retry), a lost race (ABORTED)
-    or a bug (None: the interceptor answers INTERNAL and logs it).
+    or a bug (None: the interceptor answers INTERNAL and logs it). The error is
+    SQLAlchemy's, or the driver's own where a hot path runs on the raw asyncpg
+    connection (`db.base.Prepared`): both carry the SQLSTATE.
     """
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return unavailable()
-        orig = error.orig
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
-            return unavailable()
-        if sqlstate in _CONFLICT_SQLSTATES:
-            return aborted(Reason.CONCURRENT_CHANGE, "the call lost a race with another; retry it")
-        if isinstance(error, sa_exc.OperationalError):
-            # SQLite "database is locked" after busy_timeout, disk I/O, or a
-            # dropped PostgreSQL connection: transient from the caller's view.
-            return unavailable()
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return unavailable()
+    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+        return unavailable()
+    if sqlstate in _CONFLICT_SQLSTATES:
+        return aborted(Reason.CONCURRENT_CHANGE, "the call lost a race with another; retry it")
+    if isinstance(error, sa_exc.OperationalError):
+        # SQLite "database is locked" after busy_timeout, disk I/O, or a
+        # dropped PostgreSQL connection: transient from the caller's view.
+        return unavailable()
     if isinstance(error, (ConnectionError, TimeoutError, OSError, sa_exc.TimeoutError)):
         return unavailable()
     return None

@@ -3,16 +3,21 @@ transactions and the clock."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table
+import asyncpg
+from sqlalchemy import Select, Table, Update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 from tether.server import errors
 from tether.server.db.engine import READ_ONLY
@@ -27,6 +32,39 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# What a broken socket raises under asyncpg (besides PostgresConnectionError,
+# and InterfaceError once the connection is closed).
+_CONNECTION_FAILURES = (ConnectionError, OSError, TimeoutError)
+
+
+class Prepared:
+    """A Core statement compiled once, for the hot paths (GetSession,
+    RecordActivity, FindOrCreateSession's lookup).
+
+    On PostgreSQL `Database.first` runs its SQL on the pool's raw asyncpg
+    connection (asyncpg prepares and caches it per connection): SQLAlchemy's
+    per-execution work (connection wrapper, execution context, result
+    processing) costs more CPU than the statement itself (about 310 against
+    110 µs per GetSession; README, "Performance"). On SQLite, and inside a
+    transaction, the statement runs through SQLAlchemy as any other.
+
+    Parameters go to asyncpg as given, so only types asyncpg takes natively
+    (str, int, bool, aware datetimes) may be bound; rows come back with JSON
+    already decoded by the codecs SQLAlchemy's dialect installs on connect.
+    """
+
+    def __init__(self, statement: Select[Any] | Update) -> None:
+        self.statement = statement
+        compiled = statement.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
+        self.sql = str(compiled)
+        positions = compiled.positiontup or []
+        # Named parameters come from the call; literal ones (`version + 1`) keep their value.
+        self._order = [(name, compiled.binds[name].value) for name in positions]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params.get(name, literal) for name, literal in self._order]
+
+
 class Database:
     """The data layer's handle: one engine, SQLite or PostgreSQL."""
 
@@ -34,6 +72,13 @@ class Database:
         self.engine = engine
         self.retention = retention
         self.is_postgresql = engine.dialect.name == "postgresql"
+        # What the pool raises, unwrapped, when it cannot connect (SQLAlchemy's
+        # driver adapter error; `engine.connect()` would wrap it in DBAPIError).
+        self._connect_errors: tuple[type[BaseException], ...] = (
+            DBAPIError,
+            OSError,
+            engine.dialect.loaded_dbapi.Error,
+        )
 
     def insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that supports ON CONFLICT on this dialect."""
@@ -83,6 +128,42 @@ class Database:
             return
         async with self._connection(autocommit=True) as conn:
             yield conn
+
+    async def first(
+        self, prepared: Prepared, params: Mapping[str, Any], *, write: bool = False
+    ) -> Row | None:
+        """The first row of a one-statement read (or, with `write`, a write that is
+        atomic by itself), in autocommit mode; None when there is none."""
+        if self.is_postgresql and _ambient.get() is None:
+            return await self._first_on_driver(prepared.sql, prepared.args(params))
+        async with self.statement() if write else self.read() as conn:
+            row: Row | None = (await conn.execute(prepared.statement, params)).mappings().first()
+        return row
+
+    async def _first_on_driver(self, sql: str, args: list[Any]) -> Row | None:
+        """Run `sql` on a pooled connection's asyncpg connection (no transaction:
+        autocommit). A failed or interrupted connection is discarded, not reused."""
+        try:
+            fairy: PoolProxiedConnection = await self.engine.raw_connection()
+        except self._connect_errors as exc:
+            raise errors.unavailable() from exc
+        driver: asyncpg.Connection[Any] = fairy.driver_connection
+        try:
+            record: Row | None = await driver.fetchrow(sql, *args)
+        except (asyncpg.PostgresConnectionError, *_CONNECTION_FAILURES) as exc:
+            await greenlet_spawn(fairy.invalidate)  # never hand a broken connection on
+            raise errors.unavailable() from exc
+        except asyncpg.InterfaceError as exc:
+            if not driver.is_closed():
+                raise  # a bug in how the statement was called
+            await greenlet_spawn(fairy.invalidate)
+            raise errors.unavailable() from exc
+        finally:
+            # A cancelled call (deadline, client gone) needs nothing here: asyncpg
+            # sends PostgreSQL a cancel request and the connection's next statement
+            # waits for it (tests/test_lifecycle.py checks this).
+            await asyncio.shield(greenlet_spawn(fairy.close))
+        return record
 
     @asynccontextmanager
     async def _connection(

@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import grpc
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
-from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.base import Database, Prepared, Row, constraint_kind, utcnow
 from tether.server.db.guard import NO_GUARD, Guard
 from tether.server.db.schema import UTCDateTime, members, namespaces, participants, sessions
 from tether.server.errors import Reason
@@ -51,21 +51,23 @@ class ConflictTarget:
     where: ColumnElement[bool]
     index_elements: Sequence[Any]
     index_where: ColumnElement[bool]
-    lookup: Select[Any]
+    lookup: Prepared
     params: dict[str, str]
 
 
 _LIVE = sessions.c.delete_time.is_(None)
 _NAMESPACE_PARAM = sessions.c.namespace == bindparam("p_namespace")
-_CONVERSATION_LOOKUP = select(sessions).where(
-    _NAMESPACE_PARAM,
-    sessions.c.agent == bindparam("p_agent"),
-    sessions.c.channel == bindparam("p_channel"),
-    sessions.c.external_conversation_id == bindparam("p_conversation"),
-    _LIVE,
+_CONVERSATION_LOOKUP = Prepared(
+    select(sessions).where(
+        _NAMESPACE_PARAM,
+        sessions.c.agent == bindparam("p_agent"),
+        sessions.c.channel == bindparam("p_channel"),
+        sessions.c.external_conversation_id == bindparam("p_conversation"),
+        _LIVE,
+    )
 )
-_AGENT_PAIR_LOOKUP = select(sessions).where(
-    _NAMESPACE_PARAM, sessions.c.agent_pair == bindparam("p_pair"), _LIVE
+_AGENT_PAIR_LOOKUP = Prepared(
+    select(sessions).where(_NAMESPACE_PARAM, sessions.c.agent_pair == bindparam("p_pair"), _LIVE)
 )
 
 
@@ -138,10 +140,10 @@ def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
 # Hot-path statements are built once: building and hashing a statement per call
 # costs more than running it (see the README's Performance section).
 _KEY = and_(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
-_GET = select(sessions).where(_KEY)
+_GET = Prepared(select(sessions).where(_KEY))
 _WHEN = bindparam("p_when", type_=UTCDateTime())
 _MOVES = sessions.c.last_activity_time < _WHEN
-_RECORD_ACTIVITY = (
+_RECORD_ACTIVITY = Prepared(
     update(sessions)
     .where(_KEY, sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
     .values(
@@ -153,9 +155,7 @@ _RECORD_ACTIVITY = (
 
 
 async def get(db: Database, namespace: str, session: str) -> Row:
-    async with db.read() as conn:
-        result = await conn.execute(_GET, {"p_namespace": namespace, "p_session": session})
-        row: Row | None = result.mappings().first()
+    row = await db.first(_GET, {"p_namespace": namespace, "p_session": session})
     if row is None:
         raise errors.not_found(_name(namespace, session), "session")
     return row
@@ -204,8 +204,7 @@ async def find_or_create(
 ) -> tuple[Row, bool]:
     """The live session for a key, else a restored or new one. Atomic: the
     insert is guarded by the key's partial unique index."""
-    async with db.read() as conn:  # the hot path: the key usually exists
-        existing: Row | None = (await conn.execute(target.lookup, target.params)).mappings().first()
+    existing = await db.first(target.lookup, target.params)  # the hot path: the key usually exists
     if existing is not None:
         return existing, False
     insert = (
@@ -217,7 +216,7 @@ async def find_or_create(
     for _ in range(3):
         try:
             async with db.transaction() as conn:
-                found = (await conn.execute(target.lookup, target.params)).mappings().first()
+                found = (await conn.execute(target.lookup.statement, target.params)).mappings().first()
                 if found is not None:
                     return found, False
                 if undelete_if_deleted:
@@ -229,7 +228,7 @@ async def find_or_create(
                 if created is not None:
                     await conn.execute(db.insert(members), member_rows(values))
                     return created, True
-                found = (await conn.execute(target.lookup, target.params)).mappings().first()
+                found = (await conn.execute(target.lookup.statement, target.params)).mappings().first()
                 if found is not None:
                     return found, False
         except IntegrityError as exc:
@@ -264,11 +263,11 @@ async def record_activity(db: Database, namespace: str, session: str, when: date
     """last_activity_time = max(current, when), in one statement; the etag moves
     only when the time does."""
     params = {"p_namespace": namespace, "p_session": session, "p_when": when}
-    async with db.statement() as conn:
-        row: Row | None = (await conn.execute(_RECORD_ACTIVITY, params)).mappings().first()
-        if row is None:
-            _raise_not_live(await get_in(conn, namespace, session))
-    assert row is not None
+    row = await db.first(_RECORD_ACTIVITY, params, write=True)
+    if row is None:
+        # Why not: missing, deleted or disabled (if it changed since, the caller retries).
+        _raise_not_live(await get(db, namespace, session))
+        raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
     return row
 
 
