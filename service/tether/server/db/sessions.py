@@ -44,15 +44,20 @@ class ParticipantRef:
 
 @dataclass(frozen=True)
 class ConflictTarget:
-    """A live-session unique key: how to find the row (`lookup` with `params`, a
-    statement built once; `where` for any row, deleted ones too) and how to guard
-    the insert."""
+    """A live-session unique key: how to find the row (`lookup`, a statement
+    built once, with `params`), the key's columns and values (`key`, for rows
+    deleted ones too) and how to guard the insert. Nothing here is built per
+    call beyond the dicts: the hot path only runs the lookup."""
 
-    where: ColumnElement[bool]
+    key: dict[str, str]
     index_elements: Sequence[Any]
     index_where: ColumnElement[bool]
     lookup: Prepared
     params: dict[str, str]
+
+    def where(self) -> ColumnElement[bool]:
+        """The key as a condition, matching deleted rows too."""
+        return and_(*(sessions.c[column] == value for column, value in self.key.items()))
 
 
 _LIVE = sessions.c.delete_time.is_(None)
@@ -77,20 +82,24 @@ def agent_pair_key(agent: str, peer_agent: str) -> str:
     return f"{low}/{high}"
 
 
+_CONVERSATION_ELEMENTS = [
+    sessions.c.namespace,
+    sessions.c.agent,
+    sessions.c.channel,
+    sessions.c.external_conversation_id,
+]
+_AGENT_PAIR_ELEMENTS = [sessions.c.namespace, sessions.c.agent_pair]
+
+
 def conversation_target(namespace: str, agent: str, channel: str, conversation_id: str) -> ConflictTarget:
     return ConflictTarget(
-        where=and_(
-            sessions.c.namespace == namespace,
-            sessions.c.agent == agent,
-            sessions.c.channel == channel,
-            sessions.c.external_conversation_id == conversation_id,
-        ),
-        index_elements=[
-            sessions.c.namespace,
-            sessions.c.agent,
-            sessions.c.channel,
-            sessions.c.external_conversation_id,
-        ],
+        key={
+            "namespace": namespace,
+            "agent": agent,
+            "channel": channel,
+            "external_conversation_id": conversation_id,
+        },
+        index_elements=_CONVERSATION_ELEMENTS,
         index_where=CONVERSATION_INDEX_WHERE,
         lookup=_CONVERSATION_LOOKUP,
         params={
@@ -104,8 +113,8 @@ def conversation_target(namespace: str, agent: str, channel: str, conversation_i
 
 def agent_pair_target(namespace: str, pair: str) -> ConflictTarget:
     return ConflictTarget(
-        where=and_(sessions.c.namespace == namespace, sessions.c.agent_pair == pair),
-        index_elements=[sessions.c.namespace, sessions.c.agent_pair],
+        key={"namespace": namespace, "agent_pair": pair},
+        index_elements=_AGENT_PAIR_ELEMENTS,
         index_where=AGENT_PAIR_INDEX_WHERE,
         lookup=_AGENT_PAIR_LOOKUP,
         params={"p_namespace": namespace, "p_pair": pair},
@@ -242,7 +251,7 @@ async def find_or_create(
 async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row | None:
     latest = (
         select(sessions.c.namespace, sessions.c.session)
-        .where(target.where, sessions.c.delete_time.is_not(None))
+        .where(target.where(), sessions.c.delete_time.is_not(None))
         .order_by(sessions.c.delete_time.desc())
         .limit(1)
     )
