@@ -128,6 +128,44 @@ def test_duplicate_session_id_and_conversation(client: SessionsClient, parent: s
     )
 
 
+def test_create_refusals_leave_nothing_behind(
+    client: SessionsClient, parent: str, agent: str, peer: str, user: str
+) -> None:
+    """Each reason a create is refused, and that the refused id is still free."""
+    client.update_participant(participant=Participant(name=user, enabled=False), update_mask=["enabled"])
+    with pytest.raises(FailedPreconditionError) as disabled:
+        client.create_session(
+            parent=parent, session_id="x", session=Session(kind=DIRECT, agent=agent, user=user)
+        )
+    assert disabled.value.reason == "PARTICIPANT_DISABLED"
+    client.create_session(parent=parent, session=Session(kind=A2A, agent=agent, peer_agent=peer))
+    with pytest.raises(AlreadyExistsError) as pair:  # the unordered pair is taken
+        client.create_session(
+            parent=parent, session_id="x", session=Session(kind=A2A, agent=peer, peer_agent=agent)
+        )
+    assert pair.value.reason == "CONVERSATION_ALREADY_EXISTS"
+    with pytest.raises(NotFoundError) as namespace:
+        client.create_session(
+            parent="namespaces/no-such-namespace",
+            session=Session(kind=GROUP, agent="namespaces/no-such-namespace/participants/a"),
+        )
+    assert namespace.value.reason == "NAMESPACE_NOT_FOUND"
+    with pytest.raises(NotFoundError):
+        client.get_session(name=f"{parent}/sessions/x")
+    state = struct_pb2.Struct()
+    state.update({"step": 2, "tags": ["a", "b"], "nested": {"ok": True}})
+    created = client.create_session(
+        parent=parent,
+        session_id="x",
+        session=Session(kind=GROUP, agent=agent, labels={"team": "ops"}, session_state=state),
+    )
+    assert created.member_count == 1
+    assert dict(created.labels) == {"team": "ops"}
+    assert created.session_state == state
+    assert client.get_session(name=created.name) == created
+    assert [m.participant for m in client.list_members(parent=created.name)] == [agent]
+
+
 def test_members(client: SessionsClient, parent: str, agent: str, user: str) -> None:
     session = client.create_session(parent=parent, session=Session(kind=DIRECT, agent=agent, user=user))
     members = list(client.list_members(parent=session.name))

@@ -4,14 +4,14 @@ transactions and the clock."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Select, Table, Update
+from sqlalchemy import Insert, Select, Table, Update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DBAPIError
@@ -39,30 +39,38 @@ _CONNECTION_FAILURES = (ConnectionError, OSError, TimeoutError)
 
 class Prepared:
     """A Core statement compiled once, for the hot paths (GetSession,
-    RecordActivity, FindOrCreateSession's lookup).
+    RecordActivity, FindOrCreateSession's lookup, CreateSession).
 
     On PostgreSQL `Database.first` runs its SQL on the pool's raw asyncpg
     connection (asyncpg prepares and caches it per connection): SQLAlchemy's
     per-execution work (connection wrapper, execution context, result
     processing) costs more CPU than the statement itself (about 310 against
-    110 µs per GetSession; README, "Performance"). On SQLite, and inside a
-    transaction, the statement runs through SQLAlchemy as any other.
-
-    Parameters go to asyncpg as given, so only types asyncpg takes natively
-    (str, int, bool, aware datetimes) may be bound; rows come back with JSON
-    already decoded by the codecs SQLAlchemy's dialect installs on connect.
+    110 µs per GetSession; README, "Performance"). Parameters pass through the
+    same bind processors SQLAlchemy would apply (JSON, UTC datetimes); rows come
+    back with JSON decoded by the codecs SQLAlchemy's dialect installs on each
+    connection. On SQLite, and inside a transaction, the statement runs through
+    SQLAlchemy as any other.
     """
 
-    def __init__(self, statement: Select[Any] | Update) -> None:
+    def __init__(self, statement: Select[Any] | Update | Insert) -> None:
         self.statement = statement
         compiled = statement.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
         self.sql = str(compiled)
-        positions = compiled.positiontup or []
-        # Named parameters come from the call; literal ones (`version + 1`) keep their value.
-        self._order = [(name, compiled.binds[name].value) for name in positions]
+        # (name, literal value, processor) per $n: named parameters come from the
+        # call, literal ones (`version + 1`) keep their compiled value.
+        self._order: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
+        for name in compiled.positiontup or []:
+            process = compiled._bind_processors.get(name)
+            if process is not None and not callable(process):
+                raise TypeError(f"{name}: tuple parameters are not supported")
+            self._order.append((name, compiled.binds[name].value, process))
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params.get(name, literal) for name, literal in self._order]
+        args = []
+        for name, literal, process in self._order:
+            value = params.get(name, literal)
+            args.append(value if process is None else process(value))
+        return args
 
 
 class Database:
