@@ -22,6 +22,7 @@ through untouched (no token needed). Nothing logged ever holds a token.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._guard = guard or policy.Guard(auth.Authenticator(None, None))
         # Bound now (after logging is configured), not lazily on every call.
         self._log = get_logger().bind()
+        # The `rpc` and `audit` lines are INFO: below that level skip their fields too.
+        self._info = self._log.is_enabled_for(logging.INFO)
         # Registered handlers are fixed per method: wrap each once, not per call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
@@ -233,6 +236,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         response: Any,
     ) -> None:
         """The `rpc` line of every call, and the `audit` line of a mutating one."""
+        if not self._info and code not in _SERVER_FAULTS:
+            return
         duration_ms = round((time.perf_counter() - start) * 1000, 3)
         principal_id = principal.id if principal else None
         log = self._log.error if code in _SERVER_FAULTS else self._log.info

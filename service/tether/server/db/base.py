@@ -3,7 +3,6 @@ transactions and the clock."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -167,10 +166,11 @@ class Database:
             await greenlet_spawn(fairy.invalidate)
             raise errors.unavailable() from exc
         finally:
-            # A cancelled call (deadline, client gone) needs nothing here: asyncpg
+            # A cancelled call (deadline, client gone) needs nothing more: asyncpg
             # sends PostgreSQL a cancel request and the connection's next statement
-            # waits for it (tests/test_lifecycle.py checks this).
-            await asyncio.shield(greenlet_spawn(fairy.close))
+            # waits for it (tests/test_lifecycle.py checks this). Check-in awaits
+            # nothing (no transaction to roll back), so it cannot be interrupted.
+            await greenlet_spawn(fairy.close)
         return record
 
     @asynccontextmanager
