@@ -287,15 +287,9 @@ async def create(
 async def _create_in_one_statement(
     db: Database, values: dict[str, Any], refs: Sequence[ParticipantRef]
 ) -> Row:
-    params = {f"n_{column}": value for column, value in values.items()}
+    params = _create_params(values)
     for _ in range(3):
-        try:
-            row = await db.first(_CREATE, params, write=True)
-        except Exception as exc:
-            # A participant removed between the check and the insert: explained below.
-            if constraint_kind(exc) != "foreign_key":
-                raise
-            row = None
+        row = await _insert_new(db, params)
         if row is not None:
             return row
         async with db.read() as conn:
@@ -303,6 +297,21 @@ async def _create_in_one_statement(
             await _raise_create_conflict(conn, values)
         # Nothing in the way any more (it changed meanwhile): try again.
     raise errors.aborted(Reason.CONCURRENT_CHANGE, "the participants changed concurrently; retry")
+
+
+def _create_params(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"n_{column}": value for column, value in values.items()}
+
+
+async def _insert_new(db: Database, params: dict[str, Any]) -> Row | None:
+    """Run `_CREATE`: the new session, or None when it was refused."""
+    try:
+        return await db.first(_CREATE, params, write=True)
+    except Exception as exc:
+        # A participant removed between the check and the insert: the caller explains it.
+        if constraint_kind(exc) != "foreign_key":
+            raise
+        return None
 
 
 async def find_or_create(
@@ -318,6 +327,8 @@ async def find_or_create(
     existing = await db.first(target.lookup, target.params)  # the hot path: the key usually exists
     if existing is not None:
         return existing, False
+    if db.is_postgresql and not undelete_if_deleted:
+        return await _create_or_find(db, target, values, refs)
     insert = (
         db.insert(sessions)
         .values(values)
@@ -347,6 +358,25 @@ async def find_or_create(
             # old one; the next round finds theirs.
             if constraint_kind(exc) != "unique":
                 raise
+    raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+
+
+async def _create_or_find(
+    db: Database, target: ConflictTarget, values: dict[str, Any], refs: Sequence[ParticipantRef]
+) -> tuple[Row, bool]:
+    """PostgreSQL, after the lookup missed: the one-statement create, whose ON
+    CONFLICT on the key's unique index lets a concurrent creator win; then
+    that caller's session. No transaction needed: each step is atomic."""
+    params = _create_params(values)
+    for _ in range(3):
+        created = await _insert_new(db, params)
+        if created is not None:
+            return created, True
+        found = await db.first(target.lookup, target.params)
+        if found is not None:
+            return found, False
+        async with db.read() as conn:  # refused, and not for the key: say why
+            await check_participants(conn, values["namespace"], refs)
     raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
