@@ -6,6 +6,11 @@ until SIGTERM/SIGINT, then drain in-flight calls for `shutdown_grace` seconds
 and return 0. `TetherServer` is the same without the signal handling, for
 embedding and in-process tests.
 
+One process binds its port exclusively (`grpc.so_reuseport` 0: a port already
+in use is a startup error, never silently shared). With `workers` > 1 the
+supervisor in `tether.server.workers` runs `serve` in N processes that bind one
+port with SO_REUSEPORT, and the kernel spreads connections over them.
+
 Health (`grpc.health.v1.Health`) answers for "" and "tether.v1.SessionService":
 SERVING while the database answers, NOT_SERVING while it does not (a monitor
 pings it every `health_interval` seconds on its own connection, so a busy pool
@@ -35,7 +40,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import grpc
@@ -64,12 +69,16 @@ MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 # gives reflection the proto comments (`grpcurl describe`), which generated code lacks.
 DESCRIPTOR_SET_RESOURCE = ("tether.v1", "descriptor_set.binpb")
 
-_SERVER_OPTIONS = (
-    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-    # Without this, a second server on the same fixed port would bind "successfully"
-    # and silently share the traffic.
-    ("grpc.so_reuseport", 0),
-)
+
+def server_options(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """The gRPC server options: SO_REUSEPORT only for the worker processes of `--workers N`."""
+    return (
+        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        # Without this, a second server on the same fixed port would bind "successfully"
+        # and silently share the traffic. Workers share on purpose; their supervisor
+        # checked that the port was free (`tether.server.workers`).
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -182,7 +191,7 @@ class TetherServer:
 
     def _build_server(self, engine: AsyncEngine) -> grpc.aio.Server:
         interceptor = ServerInterceptor(Guard(self.authenticator))
-        server = grpc.aio.server(interceptors=[interceptor], options=_SERVER_OPTIONS)
+        server = grpc.aio.server(interceptors=[interceptor], options=server_options(self.settings))
         session_service_pb2_grpc.add_SessionServiceServicer_to_server(
             build_servicer(engine, self.settings), server
         )
@@ -251,13 +260,14 @@ class TetherServer:
                 self._log.info("sweep", **result.counts(), contended=result.contended)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, on_serving: Callable[[str], None] | None = None) -> int:
     """Run the server until SIGTERM or SIGINT; 0 after a clean shutdown, 1 when it cannot
-    start, 2 when its security configuration is refused."""
+    start, 2 when its security configuration is refused. `on_serving(address)` is called
+    once the server is serving (a worker process tells its supervisor)."""
     log = get_logger()
     for setting, detail in settings.not_enforced():
         log.warning("setting_not_enforced", setting=setting, detail=detail)
-    authenticator = _security(settings)
+    authenticator = check_security(settings)
     if authenticator is None:
         return 2
     # Handlers first: a signal right after the `serving` line must not hit the default action.
@@ -268,11 +278,13 @@ async def serve(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
     server = TetherServer(settings, authenticator)
     try:
-        await _start_unless_stopped(server, stopping)
+        started = await unless_stopped(server.start(), stopping)
     except Exception as exc:
         log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
         await server.stop(0)
         return 1
+    if started and on_serving is not None:
+        on_serving(server.address)
     await stopping.wait()
     log.info("stopping", grace_seconds=settings.shutdown_grace)
     await server.stop()
@@ -280,21 +292,23 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-async def _start_unless_stopped(server: TetherServer, stopping: asyncio.Event) -> None:
-    """`server.start()`, abandoned when a signal comes first (e.g. a slow migration)."""
-    starting = asyncio.create_task(server.start())
+async def unless_stopped(work: Coroutine[Any, Any, object], stopping: asyncio.Event) -> bool:
+    """Await `work` (e.g. `server.start()`, a slow migration), abandoned when `stopping` is
+    set first; True when it finished. Its exception, if any, propagates."""
+    task = asyncio.create_task(work)
     signalled = asyncio.create_task(stopping.wait())
-    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait((task, signalled), return_when=asyncio.FIRST_COMPLETED)
     signalled.cancel()
-    if not starting.done():
-        starting.cancel()
+    if not task.done():
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await starting
-        return
-    starting.result()
+            await task
+        return False
+    task.result()
+    return True
 
 
-def _security(settings: Settings) -> auth.Authenticator | None:
+def check_security(settings: Settings) -> auth.Authenticator | None:
     """The authenticator, after logging how the server is protected; None (after logging
     why) when the configuration is refused."""
     log = get_logger()

@@ -1,6 +1,7 @@
 """`tether` command line: serve, migrate, health, token.
 
-    tether serve   [--listen HOST:PORT] [--database-url URL] [--auth-file FILE] [--allow-insecure] ...
+    tether serve   [--listen HOST:PORT] [--database-url URL] [--auth-file FILE] [--allow-insecure]
+                   [--workers N] ...
     tether migrate [--database-url URL]
     tether health  [--target HOST:PORT] [--timeout SECONDS] [--service NAME]
                    [--tls] [--ca-file PEM] [--cert-file PEM --key-file PEM] [--server-name NAME]
@@ -9,6 +10,10 @@
 Every `serve` flag overrides its `TETHER_*` environment variable (see
 `tether.server.config`). Exit codes: 0 success (health: SERVING), 1 failure
 (health: anything else), 2 bad usage or configuration.
+
+`tether serve --workers N` (N > 1) supervises N server processes on one port
+(`tether.server.workers`); each of them is `tether serve` again, told so by
+the environment variable `tether.server.config.WORKER_ENV`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from tether.server import auth
-from tether.server.config import DEFAULT_LISTEN, Settings, load_settings, split_host_port
+from tether.server.config import DEFAULT_LISTEN, WORKER_ENV, Settings, load_settings, split_host_port
 from tether.server.log import configure_logging, get_logger
 
 # (flag, metavar, help) for the settings every command that touches the database shares.
@@ -57,6 +62,7 @@ _SERVE_FLAGS = (
         "SECONDS",
         "seconds between expiry/purge sweeps; 0 disables [TETHER_SWEEP_INTERVAL]",
     ),
+    ("--workers", "N", "server processes sharing the port (SO_REUSEPORT); default 1 [TETHER_WORKERS]"),
 )
 
 
@@ -163,13 +169,31 @@ def _run(coroutine: Any) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if os.environ.get(WORKER_ENV):  # one of the processes of `--workers N`
+        return _serve_worker()
     settings = _settings(args)
     if settings is None:
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from tether.server.app import serve  # the full server stack only for this command
+    # The full server stack only for this command.
+    if settings.workers > 1:
+        from tether.server.workers import supervise
+
+        return int(_run(supervise(settings)))
+    from tether.server.app import serve
 
     return int(_run(serve(settings)))
+
+
+def _serve_worker() -> int:
+    """A worker: its settings come from its supervisor, which read the flags and environment."""
+    from tether.server.workers import WorkerSpec, run_worker
+
+    spec = WorkerSpec.from_environ(os.environ)
+    assert spec is not None
+    settings = spec.settings
+    configure_logging(settings.log_level, settings.log_format, fields={"worker": spec.index})
+    return int(_run(run_worker(spec)))
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -18,10 +18,15 @@
 | health_interval | TETHER_HEALTH_INTERVAL | 1 second between database pings |
 | sweep_interval | TETHER_SWEEP_INTERVAL | 60 seconds between expiry/purge sweeps (0: no sweeping) |
 | request_id_ttl | TETHER_REQUEST_ID_TTL | `24h`: how long a request id's response is replayed (AIP-155) |
+| workers | TETHER_WORKERS | 1 server process; N > 1: N share the port (`tether.server.workers`) |
 
 Database URLs: `postgres://` and `postgresql://` mean asyncpg (`postgresql+asyncpg://`),
 `sqlite://` means aiosqlite; relative SQLite paths are made absolute when the
 settings load, so the server and `tether migrate` agree on the file.
+
+Workers: with `workers` > 1 each of the N processes has its own `db_pool_size`
+connections, so N x pool size is the budget; an SQLite `:memory:` database
+(private to one process) is refused.
 
 Fail closed: `exposure_problem()` says why a listen address beyond loopback
 with neither an auth file nor TLS is refused (unless `allow_insecure`).
@@ -45,6 +50,9 @@ from sqlalchemy.engine import make_url
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_FILE = "tether.db"
+# Set by `tether serve --workers N` for its worker processes (JSON of
+# `tether.server.workers.WorkerSpec`); not a setting.
+WORKER_ENV = "TETHER_WORKER_SPEC"
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["json", "console"]
@@ -113,6 +121,8 @@ class Settings(BaseSettings):
     health_interval: float = Field(default=1.0, gt=0)
     # 0 turns this replica's sweeper off (e.g. when another replica or a job sweeps).
     sweep_interval: float = Field(default=60.0, ge=0)
+    # Server processes sharing the listen port (SO_REUSEPORT); 1: this process serves alone.
+    workers: int = Field(default=1, ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -146,6 +156,11 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.workers > 1 and is_sqlite_memory(self.database_url):
+            raise ValueError(
+                f"workers = {self.workers} needs a database the processes share: an SQLite in-memory "
+                "database belongs to one process (use a file or PostgreSQL, or workers = 1)"
+            )
         return self
 
     @property
@@ -171,6 +186,15 @@ class Settings(BaseSettings):
         if self.metrics_listen is not None:
             notes.append(("metrics_listen", "metrics are not served yet"))
         return notes
+
+
+def is_sqlite_memory(url: str) -> bool:
+    """Whether `url` is an in-memory SQLite database (`sqlite://`, `:memory:`, `mode=memory`)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    return database in ("", ":memory:") or parsed.query.get("mode") == "memory"
 
 
 def split_host_port(address: str) -> tuple[str, int]:

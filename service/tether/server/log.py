@@ -12,18 +12,33 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any, cast
 
 import structlog
-from structlog.typing import FilteringBoundLogger, Processor
+from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 
-def _shared_processors() -> list[Processor]:
-    return [
+def _shared_processors(fields: Mapping[str, Any]) -> list[Processor]:
+    processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if fields:
+        processors.insert(0, _add_fields(dict(fields)))
+    return processors
+
+
+def _add_fields(fields: dict[str, Any]) -> Processor:
+    """A processor that puts `fields` on every line (e.g. `worker=1` in a worker process)."""
+
+    def add(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return add
 
 
 def _renderer(log_format: str) -> list[Processor]:
@@ -32,18 +47,22 @@ def _renderer(log_format: str) -> list[Processor]:
     return [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
 
 
-def configure_logging(level: str = "INFO", log_format: str = "console") -> None:
-    """Configure structlog and the stdlib root logger; safe to call again."""
+def configure_logging(
+    level: str = "INFO", log_format: str = "console", fields: Mapping[str, Any] | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger; safe to call again. `fields` are
+    added to every line (the worker processes of `tether serve --workers N` say `worker`)."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     renderer = _renderer(log_format)
+    shared = _shared_processors(fields or {})
     structlog.configure(
-        processors=[*_shared_processors(), *renderer],
+        processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
