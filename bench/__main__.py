@@ -1,4 +1,12 @@
-"""`python -m bench [--quick] [--json PATH] [--database-url URL]`: see README, "Performance"."""
+"""`python -m bench [--quick] [--json PATH] [--database-url URL] [--workers N]`: see README,
+"Performance".
+
+With `--workers N` the tether server is `tether serve --workers N`: its CPU time and
+resident memory are those of the supervisor and all its worker processes, and the load
+generator's channels (one TCP connection each) are reopened until the kernel has spread
+them evenly over the workers (it hashes each new connection to one of them), so that a
+run does not measure, say, 4 connections on one worker of two.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +58,7 @@ class Settings:
     in_flight: tuple[int, ...]
     channels: int
     pool_size: int
+    workers: int
     database_url: str | None
     server_url: str
     json_path: Path | None
@@ -100,9 +109,17 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--mixed-seconds", type=float, metavar="S", help="seconds of the mixed run at 32")
     parser.add_argument("--channels", type=int, default=4, help="gRPC channels per target (default 4)")
     parser.add_argument(
-        "--pool-size", type=int, default=10, help="database connections of each server (default 10)"
+        "--pool-size",
+        type=int,
+        default=10,
+        help="database connections of each server (and of each tether worker) (default 10)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="tether serve --workers N: server processes (default 1)"
     )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     default_sizes = "1000,10000" if args.quick else "10000,1000000"
     return Settings(
         sizes=tuple(sorted(int(float(n)) for n in (args.sizes or default_sizes).split(","))),
@@ -112,6 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         in_flight=(1, 32),
         channels=args.channels,
         pool_size=args.pool_size,
+        workers=args.workers,
         database_url=args.database_url,
         server_url=args.server_url,
         json_path=args.json,
@@ -124,13 +142,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -157,7 +168,7 @@ def start_floor(dsn: str, pool_size: int) -> tuple[subprocess.Popen[bytes], str]
     return process, f"127.0.0.1:{line.split()[1]}"
 
 
-def start_tether(url: str, pool_size: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_tether(url: str, pool_size: int, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     target = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
@@ -165,6 +176,7 @@ def start_tether(url: str, pool_size: int) -> tuple[subprocess.Popen[bytes], str
         "TETHER_LISTEN": target,
         "TETHER_LOG_LEVEL": "WARNING",  # the per-RPC line is INFO
         "TETHER_DB_POOL_SIZE": str(pool_size),
+        "TETHER_WORKERS": str(workers),
     }
     return subprocess.Popen([sys.executable, "-m", "tether.server", "serve"], env=env), target
 
@@ -181,6 +193,7 @@ class Bench:
         self.cells: list[Cell] = []
         self.stubs: dict[int, SessionServiceAsyncStub] = {}
         self.floor_methods: dict[tuple[int, str], Any] = {}
+        self.connections_per_worker: list[int] = []
 
     def stub(self, channel: grpc.aio.Channel) -> SessionServiceAsyncStub:
         """The raw generated stub (not AsyncSessionsClient): no client-side work beyond
@@ -287,15 +300,16 @@ class Bench:
     ) -> Cell:
         await gen.run(call, in_flight=in_flight, seconds=self.s.warmup, warmup=0)
         backends = await counters.backends()
+        server_pids = cpu.tree(gen.server_pid)  # with --workers: the supervisor and its workers
         statements0 = await counters.snapshot()
         server0, postgres0, client0 = (
-            cpu.snapshot([gen.server_pid]),
+            cpu.snapshot(server_pids),
             cpu.snapshot(backends),
             time.process_time(),
         )
         m: Measurement = await gen.run(call, in_flight=in_flight, seconds=seconds or self.s.seconds, warmup=0)
         server1, postgres1, client1 = (
-            cpu.snapshot([gen.server_pid]),
+            cpu.snapshot(server_pids),
             cpu.snapshot(backends),
             time.process_time(),
         )
@@ -350,7 +364,7 @@ class Bench:
         await self.grow(conn, self.s.sizes[0])
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
         try:
-            tether_process, tether_target = start_tether(self.url, self.s.pool_size)
+            tether_process, tether_target = start_tether(self.url, self.s.pool_size, self.s.workers)
         except BaseException:
             stop(floor_process)
             raise
@@ -358,7 +372,9 @@ class Bench:
         tether = LoadGenerator(tether_target, self.s.channels, tether_process.pid)
         try:
             await floor.ready()
+            await self.wait_listening(tether_process, tether_target)
             await tether.ready()
+            await self.spread(tether, tether_target)
             await self.wait_serving(tether)
             for in_flight in self.s.in_flight:
                 for method in ("Empty", "Select", "Update", "Insert"):
@@ -377,11 +393,11 @@ class Bench:
                 for name, call in service:
                     await self.measure(tether, counters, "service", name, call, in_flight)
             await self.measure(tether, counters, "mixed", "mixed", self.mixed, 1)
-            rss_start = rss_kib(tether_process.pid)
+            rss_start = cpu.rss_kib(cpu.tree(tether_process.pid))
             cell = await self.measure(
                 tether, counters, "mixed", "mixed", self.mixed, 32, seconds=self.s.mixed_seconds
             )
-            rss_end = rss_kib(tether_process.pid)
+            rss_end = cpu.rss_kib(cpu.tree(tether_process.pid))
             cell.extra = {
                 "rss_start_kib": rss_start,
                 "rss_end_kib": rss_end,
@@ -403,6 +419,41 @@ class Bench:
             stop(tether_process)
             await conn.close()
         self.add_ratios()
+
+    async def wait_listening(self, process: subprocess.Popen[bytes], target: str) -> None:
+        """Until every tether process listens on `target`'s port (connections made earlier
+        would all land on the first worker and stay there)."""
+        port = int(target.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while cpu.listeners(port) < self.s.workers:
+            if process.poll() is not None:
+                raise RuntimeError(f"tether serve exited with code {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tether serve: not {self.s.workers} listeners on {target} after 60s")
+            await asyncio.sleep(0.05)
+
+    async def spread(self, gen: LoadGenerator, target: str, attempts: int = 50) -> None:
+        """With several workers: reopen the channels until each worker holds as many of
+        their connections as any other, give or take one."""
+        if self.s.workers == 1:
+            return
+        port = int(target.rsplit(":", 1)[1])
+        for attempt in range(1, attempts + 1):
+            workers = cpu.tree(gen.server_pid)[1:]
+            deadline = time.monotonic() + 10
+            while sum(counts := list(cpu.connections(workers, port).values())) != self.s.channels:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"expected {self.s.channels} connections to {target}, saw {counts}")
+                await asyncio.sleep(0.01)
+            spread = sorted(counts, reverse=True)
+            if spread[0] - spread[-1] <= 1:
+                break
+            if attempt < attempts:
+                await gen.reconnect()
+                await gen.ready()
+        self.stubs.clear()  # keyed by id(channel): the closed channels' ids may come back
+        self.connections_per_worker = spread
+        print(f"connections per tether worker: {spread} (channels opened {attempt} time(s))", file=sys.stderr)
 
     async def wait_serving(self, gen: LoadGenerator) -> None:
         deadline = time.monotonic() + 30
@@ -457,7 +508,7 @@ def table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
-def environment(url: str) -> dict[str, str]:
+def environment(url: str, workers: int) -> dict[str, str]:
     async def server_version() -> str:
         conn = await asyncpg.connect(db.plain_dsn(url))
         try:
@@ -471,6 +522,7 @@ def environment(url: str) -> dict[str, str]:
         "python": sys.version.split()[0],
         "postgresql": asyncio.run(server_version()),
         "grpcio": grpc.__version__,
+        "tether workers": str(workers),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }
 
@@ -487,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         db.migrate(url)
         bench = Bench(settings, url)
         uvloop.run(bench.run())
-        env = environment(url)
+        env = environment(url, settings.workers)
     finally:
         on_exit()
     rendered = table(bench.cells)
@@ -495,8 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(rendered)
     mixed = next(c for c in bench.cells if c.group == "mixed" and c.extra)
     print()
+    whose = "server" if settings.workers == 1 else f"server (supervisor + {settings.workers} workers)"
     print(
-        f"server RSS over the mixed run at 32 in flight ({settings.mixed_seconds:g}s): "
+        f"{whose} RSS over the mixed run at 32 in flight ({settings.mixed_seconds:g}s): "
         f"{mixed.extra['rss_start_kib'] / 1024:.1f} -> {mixed.extra['rss_end_kib'] / 1024:.1f} MiB "
         f"({mixed.extra['rss_growth_percent']:+.1f} %)"
     )
@@ -508,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "environment": env,
             "settings": {k: str(v) for k, v in asdict(settings).items()},
             "statements_per_op": bench.statements_note,
+            "connections_per_worker": bench.connections_per_worker,
             "cells": [asdict(c) for c in bench.cells],
             "table": rendered,
         }

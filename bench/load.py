@@ -12,6 +12,10 @@ import grpc
 
 # A call: given the channel to use and a sequence number unique within the run, one RPC.
 Call = Callable[[grpc.aio.Channel, int], Awaitable[object]]
+# Channels with identical arguments share gRPC's global subchannel pool, and so one TCP
+# connection: each channel gets its own pool, so N channels are N connections (and can
+# land on different `tether serve --workers` processes).
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +39,22 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 class LoadGenerator:
-    """Drives calls over `channels` gRPC channels to one target."""
+    """Drives calls over `channels` gRPC channels (one TCP connection each) to one target."""
 
     def __init__(self, target: str, channels: int, server_pid: int) -> None:
-        self.server_pid = server_pid  # the process serving `target`, for its CPU time
-        self._channels = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+        self.server_pid = server_pid  # the process serving `target` (and its children), for CPU time
+        self._target = target
+        self._channels = self._open(channels)
         self._sequence = 0
+
+    def _open(self, channels: int) -> list[grpc.aio.Channel]:
+        return [grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS) for _ in range(channels)]
+
+    async def reconnect(self) -> None:
+        """Close the channels and open as many new ones (new connections); call `ready()` next."""
+        count = len(self._channels)
+        await self.close()
+        self._channels = self._open(count)
 
     @property
     def channel(self) -> grpc.aio.Channel:
