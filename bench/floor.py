@@ -58,8 +58,14 @@ def handlers(pool: Any, namespace: str) -> dict[str, Handler]:
     }
 
 
+async def _no_reset(connection: asyncpg.Connection[Any]) -> None:
+    """Nothing to reset: the handlers hold no session state. asyncpg's default runs
+    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release, a second round trip per call that would make the floor no floor."""
+
+
 async def serve(dsn: str, namespace: str, pool_size: int) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
+    pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size, reset=_no_reset)
     server = grpc.aio.server()
     methods: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         name: grpc.unary_unary_rpc_method_handler(handler)
