@@ -21,7 +21,7 @@ every `sweep_interval` seconds (0: never), logs `sweep` with its counts when it
 changed anything and `sweep_failed` when it could not (and tries again next
 time). Replicas take turns through a database lock (see the sweeper module).
 
-Security: every SessionService call passes the server interceptor's guard
+Security: every SessionService call passes the call guard (`interceptors.CallGuard`)
 (`tether.server.policy`): bearer tokens from the auth file, namespace
 isolation, roles. SIGHUP re-reads the auth file (`auth_reloaded`, or
 `auth_reload_failed` keeping the old principals). With TLS files configured
@@ -56,13 +56,14 @@ from tether.server.db.base import Database
 from tether.server.db.engine import create_engine, ping
 from tether.server.db.migrate import migrate
 from tether.server.db.sweeper import sweep
-from tether.server.interceptors import ServerInterceptor
+from tether.server.interceptors import CallGuard
 from tether.server.log import get_logger
 from tether.server.policy import Guard
 from tether.server.service import build_servicer
-from tether.v1 import session_service_pb2, session_service_pb2_grpc
+from tether.v1 import session_service_pb2
 
-SERVICE_NAME: str = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+SESSION_SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"]
+SERVICE_NAME: str = SESSION_SERVICE.full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 # protoc --include_source_info --descriptor_set_out, next to the generated code:
@@ -190,11 +191,10 @@ class TetherServer:
         return self.address
 
     def _build_server(self, engine: AsyncEngine) -> grpc.aio.Server:
-        interceptor = ServerInterceptor(Guard(self.authenticator))
-        server = grpc.aio.server(interceptors=[interceptor], options=server_options(self.settings))
-        session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-            build_servicer(engine, self.settings), server
-        )
+        server = grpc.aio.server(options=server_options(self.settings))
+        guard = CallGuard(Guard(self.authenticator))
+        servicer = build_servicer(engine, self.settings)
+        server.add_generic_rpc_handlers((guard.service_handler(servicer, SESSION_SERVICE),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

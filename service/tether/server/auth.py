@@ -17,7 +17,7 @@ is hashed and compared with every configured hash in constant time
 (`hmac.compare_digest`, no early exit). Tokens are never logged or quoted in
 an error. Without an auth file every caller is `LOCAL_ADMIN`.
 
-Handlers read the caller with `current_principal()`; the server interceptor
+Handlers read the caller with `current_principal()`; the call guard
 sets it (a `ContextVar`, so it is per call) before the handler runs.
 """
 
@@ -97,11 +97,11 @@ def current_principal() -> Principal:
     try:
         return _current.get()
     except LookupError:
-        raise RuntimeError("no principal: not inside a call that passed the server interceptor") from None
+        raise RuntimeError("no principal: not inside a call that passed the call guard") from None
 
 
 def set_current_principal(principal: Principal) -> contextvars.Token[Principal]:
-    """Make `principal` the current one for this call (the interceptor does this)."""
+    """Make `principal` the current one for this call (the call guard does this)."""
     return _current.set(principal)
 
 

@@ -341,7 +341,7 @@ def from_database_error(error: Exception) -> ApiError | None:
     Constraint violations are mapped where the statement is issued (only the
     caller of the statement knows which resource collided); what reaches here
     is connectivity trouble (UNAVAILABLE, safe to retry), a lost race (ABORTED)
-    or a bug (None: the interceptor answers INTERNAL and logs it). The error is
+    or a bug (None: the call guard answers INTERNAL and logs it). The error is
     SQLAlchemy's, or the driver's own where a hot path runs on the raw asyncpg
     connection (`db.base.Prepared`): both carry the SQLSTATE.
     """

@@ -1,7 +1,10 @@
-"""The server interceptor: access control, one log line per RPC, audit, and the error safety net.
+"""The call guard: access control, one log line per RPC, audit, and the error safety net.
 
-Each handler's behaviour is wrapped (the method handler is rebuilt around it),
-so the wrapper sees the request and the outcome of every call, unary or streaming:
+`CallGuard.service_handler` builds the SessionService's method handlers from
+its descriptor and wraps each handler's behaviour once, at registration, so
+the wrapper sees the request and the outcome of every call, unary or
+streaming. (A `grpc.aio.ServerInterceptor` would do the same through an
+interceptor pipeline that runs several coroutines per call, on the hot path.)
 
 - before the handler runs, `policy.Guard` authenticates the caller (bearer
   token), makes it the current principal (`auth.current_principal()`) and
@@ -15,8 +18,8 @@ so the wrapper sees the request and the outcome of every call, unary or streamin
 
 Then it logs `rpc` with `method`, `code` (the status code name), `principal`
 and `duration_ms`, and for a mutating method an `audit` line with
-`principal`, `method`, `resource` and `code`. Health and reflection calls pass
-through untouched (no token needed). Nothing logged ever holds a token.
+`principal`, `method`, `resource` and `code`. Health and reflection are
+registered unwrapped (no token needed). Nothing logged ever holds a token.
 """
 
 from __future__ import annotations
@@ -29,20 +32,24 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 
 from tether.server import auth, errors, policy
 from tether.server.log import get_logger
 
 # Quoted: grpc's runtime classes are not subscriptable.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-Continuation: TypeAlias = (
-    "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
-)
 UnaryBehaviour: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
 StreamBehaviour: TypeAlias = "Callable[[Any, Context], AsyncIterator[Any]]"
 
-# Infrastructure services: no wrapping, no per-call log line.
-PASS_THROUGH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Method handler factories by (request streaming, response streaming).
+_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 # Codes that mean the server (not the caller) has a problem.
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
@@ -86,7 +93,7 @@ def _reject_undecodable(request: Any) -> None:
         )
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
+class CallGuard:
     """Guards, logs and audits every RPC and turns exceptions into statuses; see the module docstring."""
 
     def __init__(self, guard: policy.Guard | None = None) -> None:
@@ -96,20 +103,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._log = get_logger().bind()
         # The `rpc` and `audit` lines are INFO: below that level skip their fields too.
         self._info = self._log.is_enabled_for(logging.INFO)
-        # Registered handlers are fixed per method: wrap each once, not per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(PASS_THROUGH_PREFIXES):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
-        return cached[1]
+    def service_handler(self, servicer: object, service: ServiceDescriptor) -> grpc.GenericRpcHandler:
+        """The handler of every method of `service`, served by `servicer`'s method of
+        the same name, each wrapped by this guard."""
+        handlers = {}
+        for method in service.methods:
+            factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
+            plain = factory(
+                getattr(servicer, method.name),
+                request_deserializer=GetMessageClass(method.input_type).FromString,
+                response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            )
+            handlers[method.name] = self._wrap(plain, f"/{service.full_name}/{method.name}")
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         kind = (handler.request_streaming, handler.response_streaming)
@@ -126,12 +133,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         else:
             # A synchronous behaviour would run unguarded in grpc's thread pool: refuse it.
             wrapped = self._wrap_unary(self._unguardable, method)
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[kind]
+        factory = _FACTORIES[kind]
         return factory(
             wrapped,
             request_deserializer=_tolerant(handler.request_deserializer),

@@ -2,7 +2,7 @@
 
 `POLICY` has one `Rule` per `tether.v1.SessionService` method (a unit test
 checks it against the service descriptor). `Guard.admit` runs before every
-handler (from the server interceptor):
+handler (from the call guard):
 
 1. authenticate the call (`auth.Authenticator`): UNAUTHENTICATED otherwise;
 2. find the namespaces the request names (the `namespaces/{ns}` segment of

@@ -2,7 +2,7 @@
 
 Each handler parses names, validates the request (collecting every bad field),
 calls the data layer and converts rows back to messages. Errors are raised as
-`ApiError`; the server interceptor turns them into rich statuses.
+`ApiError`; the call guard (`interceptors.CallGuard`) turns them into rich statuses.
 """
 
 from __future__ import annotations
