@@ -90,7 +90,7 @@ class Cell:
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="CI smoke mode: tiny sizes, short cells")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 1e4, 1e5 sessions, short cells")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
         "--database-url",
@@ -120,7 +120,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    default_sizes = "1000,10000" if args.quick else "10000,1000000"
+    default_sizes = "10000,100000" if args.quick else "10000,1000000"
     return Settings(
         sizes=tuple(sorted(int(float(n)) for n in (args.sizes or default_sizes).split(","))),
         seconds=args.seconds or (0.4 if args.quick else 5.0),
