@@ -200,10 +200,11 @@ async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Ro
 
 
 # CreateSession on PostgreSQL: one autocommit statement instead of a transaction
-# of four. The INSERT happens only if every referenced participant exists in
-# the namespace, is live and enabled and has the right kind; ON CONFLICT covers
-# the id and the live keys; a second data-modifying CTE adds the automatic
-# members. No row back: `_explain_refused_create` says why.
+# of five round trips. The INSERT happens only if every referenced participant
+# exists in the namespace, is live and enabled and has the right kind; ON
+# CONFLICT covers the id and the live keys; a second data-modifying CTE adds the
+# automatic members. No row back: `check_participants` and
+# `_raise_create_conflict` say why.
 _NEW_COLUMNS = [c for c in sessions.columns if c.name not in ("delete_time", "purge_time", "version")]
 _NEW = {c.name: bindparam(f"n_{c.name}", type_=c.type) for c in _NEW_COLUMNS}
 
