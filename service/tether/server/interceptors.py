@@ -71,11 +71,9 @@ class _Undecodable:
     error: str
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     """A deserializer that never raises: gRPC would answer UNKNOWN with the decoder's
     text; the wrapper answers INVALID_ARGUMENT instead."""
-    if deserializer is None:
-        return None
 
     def deserialize(data: bytes) -> Any:
         try:
@@ -109,36 +107,21 @@ class CallGuard:
         the same name, each wrapped by this guard."""
         handlers = {}
         for method in service.methods:
-            factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
-            plain = factory(
-                getattr(servicer, method.name),
-                request_deserializer=GetMessageClass(method.input_type).FromString,
+            path = f"/{service.full_name}/{method.name}"
+            handlers[method.name] = _FACTORIES[(method.client_streaming, method.server_streaming)](
+                self._wrap(getattr(servicer, method.name), path),
+                request_deserializer=_tolerant(GetMessageClass(method.input_type).FromString),
                 response_serializer=GetMessageClass(method.output_type).SerializeToString,
             )
-            handlers[method.name] = self._wrap(plain, f"/{service.full_name}/{method.name}")
         return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
-    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
-        kind = (handler.request_streaming, handler.response_streaming)
-        behaviour: Any = {
-            (False, False): handler.unary_unary,
-            (False, True): handler.unary_stream,
-            (True, False): handler.stream_unary,
-            (True, True): handler.stream_stream,
-        }[kind]
+    def _wrap(self, behaviour: Any, method: str) -> Any:
         if inspect.isasyncgenfunction(behaviour):
-            wrapped: Any = self._wrap_stream(behaviour, method)
-        elif inspect.iscoroutinefunction(behaviour):
-            wrapped = self._wrap_unary(behaviour, method)
-        else:
-            # A synchronous behaviour would run unguarded in grpc's thread pool: refuse it.
-            wrapped = self._wrap_unary(self._unguardable, method)
-        factory = _FACTORIES[kind]
-        return factory(
-            wrapped,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+            return self._wrap_stream(behaviour, method)
+        if inspect.iscoroutinefunction(behaviour):
+            return self._wrap_unary(behaviour, method)
+        # A synchronous behaviour would run unguarded in grpc's thread pool: refuse it.
+        return self._wrap_unary(self._unguardable, method)
 
     def _wrap_unary(self, behaviour: UnaryBehaviour, method: str) -> UnaryBehaviour:
         """For unary responses, and for streaming ones written with `context.write`."""

@@ -31,9 +31,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# What a broken socket raises under asyncpg (besides PostgresConnectionError,
-# and InterfaceError once the connection is closed).
-_CONNECTION_FAILURES = (ConnectionError, OSError, TimeoutError)
+# What asyncpg raises when the connection itself failed (besides any error once
+# the connection is closed).
+_CONNECTION_FAILURES = (asyncpg.PostgresConnectionError, ConnectionError, OSError, TimeoutError)
 
 
 class Prepared:
@@ -149,7 +149,7 @@ class Database:
 
     async def _first_on_driver(self, sql: str, args: list[Any]) -> Row | None:
         """Run `sql` on a pooled connection's asyncpg connection (no transaction:
-        autocommit). A failed or interrupted connection is discarded, not reused."""
+        autocommit). A broken connection is discarded, not reused."""
         try:
             fairy: PoolProxiedConnection = await self.engine.raw_connection()
         except self._connect_errors as exc:
@@ -157,12 +157,9 @@ class Database:
         driver: asyncpg.Connection[Any] = fairy.driver_connection
         try:
             record: Row | None = await driver.fetchrow(sql, *args)
-        except (asyncpg.PostgresConnectionError, *_CONNECTION_FAILURES) as exc:
-            await greenlet_spawn(fairy.invalidate)  # never hand a broken connection on
-            raise errors.unavailable() from exc
-        except asyncpg.InterfaceError as exc:
-            if not driver.is_closed():
-                raise  # a bug in how the statement was called
+        except Exception as exc:
+            if not (isinstance(exc, _CONNECTION_FAILURES) or driver.is_closed()):
+                raise  # the statement failed (or was called wrongly); the connection is fine
             await greenlet_spawn(fairy.invalidate)
             raise errors.unavailable() from exc
         finally:
@@ -180,7 +177,7 @@ class Database:
         async with AsyncExitStack() as stack:
             try:
                 conn = await stack.enter_async_context(self.engine.connect())
-            except (DBAPIError, OSError) as exc:
+            except self._connect_errors as exc:
                 # No connection to be had, whatever the driver says why: the
                 # database is unreachable from here, and a retry may succeed.
                 raise errors.unavailable() from exc

@@ -162,7 +162,9 @@ def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
 # Hot-path statements are built once: building and hashing a statement per call
 # costs more than running it (see the README's Performance section).
 _KEY = and_(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
-_GET = Prepared(select(sessions).where(_KEY))
+_SELECT_BY_KEY = select(sessions).where(_KEY)
+_GET = Prepared(_SELECT_BY_KEY)
+_GET_FOR_UPDATE = _SELECT_BY_KEY.with_for_update()
 _WHEN = bindparam("p_when", type_=UTCDateTime())
 _MOVES = sessions.c.last_activity_time < _WHEN
 _RECORD_ACTIVITY = Prepared(
@@ -176,8 +178,13 @@ _RECORD_ACTIVITY = Prepared(
 )
 
 
+def _key(namespace: str, session: str) -> dict[str, str]:
+    """The parameters of `_KEY`."""
+    return {"p_namespace": namespace, "p_session": session}
+
+
 async def get(db: Database, namespace: str, session: str) -> Row:
-    row = await db.first(_GET, {"p_namespace": namespace, "p_session": session})
+    row = await db.first(_GET, _key(namespace, session))
     if row is None:
         raise errors.not_found(_name(namespace, session), "session")
     return row
@@ -404,7 +411,7 @@ async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row
 async def record_activity(db: Database, namespace: str, session: str, when: datetime) -> Row:
     """last_activity_time = max(current, when), in one statement; the etag moves
     only when the time does."""
-    params = {"p_namespace": namespace, "p_session": session, "p_when": when}
+    params = {**_key(namespace, session), "p_when": when}
     row = await db.first(_RECORD_ACTIVITY, params, write=True)
     if row is None:
         # Why not: missing, deleted or disabled (if it changed since, the caller retries).
@@ -593,10 +600,8 @@ async def _namespace_exists(conn: AsyncConnection, namespace: str) -> bool:
 
 async def get_in(conn: AsyncConnection, namespace: str, session: str, *, lock: bool = False) -> Row:
     """The session row; with `lock`, locked against concurrent writes until commit."""
-    stmt = select(sessions).where(_pk(namespace, session))
-    if lock:
-        stmt = stmt.with_for_update()
-    row: Row | None = (await conn.execute(stmt)).mappings().first()
+    stmt = _GET_FOR_UPDATE if lock else _SELECT_BY_KEY
+    row: Row | None = (await conn.execute(stmt, _key(namespace, session))).mappings().first()
     if row is None:
         raise errors.not_found(_name(namespace, session), "session")
     return row
