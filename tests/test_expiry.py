@@ -10,7 +10,6 @@ names. On the data layer directly, with a chosen `now` (no waiting): what
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support.server import ServerFactory
+from tests.support.tools import DEADLINE_SECONDS, wait_until
 from tether.client import Member, NotFoundError, Participant, Session, SessionsClient
 from tether.server.db import schema
 from tether.server.db.base import Database, utcnow
@@ -34,22 +34,12 @@ from tether.server.db.schema import members, namespaces, participants, sessions
 from tether.server.db.sweeper import SweepResult, sweep
 from tether.server.query import SESSION_FILTER_FIELDS, compile_filter
 
-DEADLINE_SECONDS = 60.0
 RETENTION = timedelta(days=30)
 NS = "default"
 PARENT = f"namespaces/{NS}"
 FAST_SWEEPS = {"TETHER_SWEEP_INTERVAL": "0.1"}
 # The smallest retention the settings accept (it must be positive): purge at the next sweep.
 NO_RETENTION = {**FAST_SWEEPS, "TETHER_RETENTION": "0.001s"}
-
-
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll a condition that the server's sweeper makes true, up to a deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _is_gone(get: Callable[[], object]) -> bool:
@@ -87,7 +77,7 @@ def test_sweeper_soft_deletes_expired_sessions(server_factory: ServerFactory) ->
         # Creation accepts an expire_time in the past: the next sweep expires it.
         expired = _trigger(client, agent, expire_time=_timestamp(utcnow() - timedelta(minutes=1)))
         lasting = _trigger(client, agent, ttl=Duration(seconds=365 * 86400))
-        _wait_until(lambda: client.get_session(name=expired.name).HasField("delete_time"), "the expiry")
+        wait_until(lambda: client.get_session(name=expired.name).HasField("delete_time"), "the expiry")
         got = client.get_session(name=expired.name)
         assert got.purge_time.ToDatetime() - got.delete_time.ToDatetime() == RETENTION
         assert got.etag != expired.etag
@@ -106,7 +96,7 @@ def test_sweeper_purges_after_retention(server_factory: ServerFactory) -> None:
         deleted = client.delete_session(name=_trigger(client, agent).name)
         lasting = _trigger(client, agent, ttl=Duration(seconds=365 * 86400))
         for name in (expired.name, deleted.name):
-            _wait_until(partial(_is_gone, partial(client.get_session, name=name)), f"the purge of {name}")
+            wait_until(partial(_is_gone, partial(client.get_session, name=name)), f"the purge of {name}")
         assert client.get_session(name=lasting.name) == lasting
     assert "sweep_failed" not in server.log_text()
 
@@ -125,7 +115,7 @@ def test_sweeper_keeps_deleted_participants_that_sessions_name(server_factory: S
         # sweep has weighed the other two.
         witness = client.create_participant(parent=PARENT, participant_id="witness", participant=user).name
         client.delete_participant(name=witness)
-        _wait_until(lambda: _is_gone(lambda: client.get_participant(name=witness)), "the witness's purge")
+        wait_until(lambda: _is_gone(lambda: client.get_participant(name=witness)), "the witness's purge")
 
         assert client.get_participant(name=agent).HasField("delete_time")
         assert _is_gone(lambda: client.get_participant(name=guest))

@@ -4,7 +4,6 @@ lets in-flight calls finish, and migrations create exactly the declared schema."
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from psycopg import sql
 
 from tests.support.databases import DatabaseBackend, PostgresBackend, libpq_url
 from tests.support.server import ServerFactory
-from tests.support.tools import describe, run_tool
+from tests.support.tools import DEADLINE_SECONDS, describe, run_tool, wait_until
 from tether.client import (
     DeadlineExceededError,
     NotFoundError,
@@ -31,7 +30,6 @@ from tether.server.db.migrate import schema_drift
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-DEADLINE_SECONDS = 60.0
 
 
 def _admin(backend: DatabaseBackend) -> psycopg.Connection[tuple[object, ...]]:
@@ -41,15 +39,6 @@ def _admin(backend: DatabaseBackend) -> psycopg.Connection[tuple[object, ...]]:
 
 def _dbname(database_url: str) -> str:
     return urlsplit(database_url).path.lstrip("/")
-
-
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll a condition that another process makes true, up to a deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @contextmanager
@@ -138,7 +127,7 @@ def test_a_cancelled_call_does_not_pass_on_a_busy_connection(server_factory: Ser
         with pytest.raises(DeadlineExceededError):
             client.record_activity(name=session.name, timeout=1.0)
         # The lock is still held: the abandoned statement must not be left waiting on it.
-        _wait_until(lambda: _lock_waiters(url) == 0, "the abandoned statement to go away")
+        wait_until(lambda: _lock_waiters(url) == 0, "the abandoned statement to go away")
         assert client.get_session(name=session.name) == session
         blocker.rollback()
     assert client.record_activity(name=session.name).name == session.name
@@ -157,7 +146,7 @@ def test_sigterm_lets_in_flight_calls_finish(server_factory: ServerFactory) -> N
         # Hold the session's row lock so RecordActivity stays in flight.
         blocker.execute("SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session_id,))
         in_flight = pool.submit(client.record_activity, name=session.name)
-        _wait_until(lambda: _lock_waiters(url) == 1, "RecordActivity to wait on the row lock")
+        wait_until(lambda: _lock_waiters(url) == 1, "RecordActivity to wait on the row lock")
         server.process.send_signal(signal.SIGTERM)
         assert server.wait_for_event("stopping") is not None
         blocker.rollback()  # release the lock: the call may now finish

@@ -12,8 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from grpc_health.v1 import health_pb2
 from tests.support.databases import libpq_url
 from tests.support.security import Credential, write_auth_file
 from tests.support.server import ServerFactory, ServerProcess, server_env
-from tests.support.tools import describe, run_tool
+from tests.support.tools import DEADLINE_SECONDS, describe, run_tool, wait_until
 from tether.client import (
     AsyncSessionsClient,
     ExternalConversation,
@@ -37,7 +35,6 @@ from tether.server.config import Settings
 from tether.server.workers import worker_settings
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-DEADLINE_SECONDS = 60.0
 CHANNELS = 16  # all on one of two workers: probability 2 ** -15
 CALLS = 64
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -71,15 +68,6 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_SECONDS) -> None:
-    """Poll a condition that other processes make true, up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _exit_code(server: ServerProcess) -> int:
     """The supervisor's exit code, waiting for it (it must exit on its own)."""
     try:
@@ -105,7 +93,7 @@ def _rpc_workers(server: ServerProcess, method: str, calls: int) -> set[int]:
     def lines() -> list[dict[str, object]]:
         return [e for e in server.events() if e.get("event") == "rpc" and e.get("method") == method]
 
-    _wait_until(lambda: len(lines()) >= calls, f"{calls} rpc lines of {method}")
+    wait_until(lambda: len(lines()) >= calls, f"{calls} rpc lines of {method}")
     return {int(str(e["worker"])) for e in lines()}
 
 
@@ -209,7 +197,7 @@ def test_sigterm_lets_in_flight_calls_finish_in_the_workers(server_factory: Serv
             ThreadPoolExecutor(1) as pool,
         ):
             in_flight = pool.submit(client.record_activity, name=session.name)
-            _wait_until(
+            wait_until(
                 lambda: (
                     observer.execute(
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -246,7 +234,7 @@ def test_workers_stop_when_the_supervisor_is_killed(server_factory: ServerFactor
     server.process.kill()
     server.process.wait(DEADLINE_SECONDS)
     # Orphans now: they see their stdin (a pipe from the supervisor) end and drain.
-    _wait_until(lambda: not any(_alive(pid) for pid in pids), "the orphaned workers to exit")
+    wait_until(lambda: not any(_alive(pid) for pid in pids), "the orphaned workers to exit")
     for index in (0, 1):
         assert server.wait_for_event("stopped", 10, worker=index) is not None, server.log_tail()
 

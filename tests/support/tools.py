@@ -6,10 +6,22 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 TOOL_TIMEOUT_SECONDS = 60.0
+# How long a test waits for another process (server, sweeper, worker) to make a condition true.
+DEADLINE_SECONDS = 60.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_SECONDS) -> None:
+    """Poll a condition that another process makes true, up to a deadline (not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def find_tool(name: str) -> str:
