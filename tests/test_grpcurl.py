@@ -1,5 +1,6 @@
 """Operators debug Tether with grpcurl: reflection lists and describes the API (with its comments),
-and JSON calls work, including the README's examples and a clean INVALID_ARGUMENT for bad input."""
+and JSON calls work (tests/test_readme.py runs the README's own examples), with a clean
+INVALID_ARGUMENT for bad input."""
 
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ def test_bad_input_is_invalid_argument(server: ServerProcess) -> None:
     assert "Code: InvalidArgument" in result.stderr
 
 
-def test_readme_session_examples(server: ServerProcess) -> None:
-    """The session calls the README shows: create a session, then find-or-create one twice."""
+def test_create_and_find_or_create_sessions_with_json(server: ServerProcess) -> None:
+    """Create a session, then find-or-create one twice, in JSON."""
     agent_id, user_id, session_id, conversation = unique("agent"), unique("user"), unique("s"), unique("oc")
     parent = "namespaces/default"
     agent = call(

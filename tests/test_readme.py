@@ -1,18 +1,23 @@
-"""The README's examples work as written: its grpcurl block runs verbatim in bash and
-its Python snippet runs as is, each against a fresh server (only the address differs)."""
+"""The README's examples are one story: its Python quick start, then its grpcurl block, run
+verbatim (only the address differs) in the order written against one fresh server and
+database, and then the whole story again, as a reader who follows the README twice would."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from tests.support.server import ServerFactory
+from tests.support.server import ServerFactory, ServerProcess
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DOCUMENTED_ADDRESS = "127.0.0.1:50051"
+SESSION_NAME = re.compile(r"namespaces/default/sessions/[0-9a-f-]{36}")
 
 
 def _blocks(language: str, section: str) -> list[str]:
@@ -24,9 +29,19 @@ def _blocks(language: str, section: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", body, flags=re.DOTALL)
 
 
-def test_grpcurl_examples_run_as_written(server_factory: ServerFactory) -> None:
+def run_python_example(server: ServerProcess) -> tuple[str, dict[str, Any]]:
+    """Run the quick start's Python block; what it printed and its globals."""
+    (snippet,) = _blocks("python", "Quick start")
+    namespace: dict[str, Any] = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(snippet.replace(DOCUMENTED_ADDRESS, server.target), "README.md", "exec"), namespace)
+    return printed.getvalue(), namespace
+
+
+def run_grpcurl_example(server: ServerProcess) -> str:
+    """Run the grpcurl block in bash (stopping at the first failing command); its stdout."""
     (script,) = _blocks("sh", "grpcurl")
-    server = server_factory()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script.replace(DOCUMENTED_ADDRESS, server.target)],
@@ -37,19 +52,37 @@ def test_grpcurl_examples_run_as_written(server_factory: ServerFactory) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    out = result.stdout
+    return result.stdout
+
+
+def test_readme_story_runs_top_to_bottom_twice(server_factory: ServerFactory) -> None:
+    server = server_factory()  # its own fresh database
+
+    printed, first = run_python_example(server)
+    assert first["found"].created is True
+    dm = first["session"]
+    assert dm.kind == dm.KIND_DIRECT
+    assert dm.external_conversation_id == "D042"
+    assert dm.member_count == 2
+    assert printed.strip() == f"True {dm.name} 2"
+
+    out = run_grpcurl_example(server)
     assert "tether.v1.SessionService" in out
     assert '"status": "SERVING"' in out
-    assert '"name": "namespaces/default/sessions/welcome"' in out
-    assert '"created": true' in out
-    assert out.count('"name": "namespaces/default/participants/') >= 2
+    assert '"name": "namespaces/default/participants/support-bot"' in out
+    assert '"external_id": "slack:U042"' in out
+    assert out.count('"created": true') == 1  # the group session of C042 was created
+    assert '"kind": "KIND_GROUP"' in out
+    assert '"group_name": "#support"' in out
+    # "Recent direct sessions on Slack" lists the DM the Python example made.
+    assert f'"name": "{dm.name}"' in out
 
+    printed, again = run_python_example(server)
+    assert again["found"].created is False
+    assert again["session"].name == dm.name
+    assert printed.strip() == f"False {dm.name} 2"
 
-def test_python_example_runs_as_written(server_factory: ServerFactory) -> None:
-    (snippet,) = _blocks("python", "Quick start")
-    server = server_factory()
-    namespace: dict[str, object] = {}
-    exec(compile(snippet.replace(DOCUMENTED_ADDRESS, server.target), "README.md", "exec"), namespace)
-    found = namespace["found"]
-    assert found.created is True  # type: ignore[attr-defined]
-    assert found.session.external_conversation_id == "C042"  # type: ignore[attr-defined]
+    out_again = run_grpcurl_example(server)
+    assert '"created": true' not in out_again  # found, not created again
+    assert set(SESSION_NAME.findall(out_again)) == set(SESSION_NAME.findall(out))
+    assert f'"name": "{dm.name}"' in out_again
