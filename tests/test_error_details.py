@@ -142,6 +142,12 @@ def test_no_name_hint_has_an_empty_segment(client: SessionsClient, parent: str, 
     assert "namespaces//" not in text.replace("'namespaces//sessions/s'", "")  # the caller's own input
 
 
+def test_a_bad_parent_is_the_only_violation_of_a_batch_get(client: SessionsClient, parent: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        client.batch_get_sessions(parent="bad", names=[f"{parent}/sessions/s"])
+    assert _fields(info.value) == {"parent"}, _text(info.value)
+
+
 # --- messages in plain English ----------------------------------------------------------
 
 

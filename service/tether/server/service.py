@@ -332,7 +332,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             except errors.ApiError as exc:
                 v.items.extend(exc.violations)
                 continue
-            if ref.namespace != namespace:
+            if namespace and ref.namespace != namespace:  # "": `parent` itself is reported
                 v.add(f"names[{i}]", "must be a session of the namespace that `parent` names")
             ids.append(ref.session)
         v.check()
