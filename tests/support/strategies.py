@@ -69,7 +69,8 @@ ID_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _FOREIGN_NAMESPACE_RE = re.compile(r"^[a-z]{1,6}-[0-9a-f]{8}$")
 _NAMESPACE_MENTION_RE = re.compile(rf"namespaces/({ID_PATTERN})(?=/|$|[^a-z0-9-])")
 
-# Contract limits (DESIGN.md), each tried at, just below and just past the limit.
+# Contract limits (as the protos' comments state them), each tried at, just below and just past
+# the limit.
 _LIMITS = (63, 200, 256, 512, 2000, 2048, 4096)
 BOUNDARY_LENGTHS = tuple(sorted({n + d for n in _LIMITS for d in (-1, 0, 1)}))
 

@@ -161,7 +161,7 @@ def test_namespace_of_a_name(name: str, namespace: str | None) -> None:
 
 
 def test_guard_hides_other_namespaces_before_checking_the_role() -> None:
-    guard = policy.Guard(auth.Authenticator(None, None))
+    guard = policy.AccessPolicy(auth.Authenticator(None, None))
     reader = Principal("r", Role.READER, frozenset({"acme"}))
     method = f"/{policy.SERVICE.full_name}/DeleteSession"
     with pytest.raises(errors.ApiError) as hidden:

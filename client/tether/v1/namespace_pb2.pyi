@@ -65,7 +65,9 @@ class Namespace(_message.Message):
     display_name: _builtins.str
     """Human-readable name, at most 200 characters."""
     etag: _builtins.str
-    """Changes on every write (AIP-154). Send it back to make a write conditional."""
+    """Changes on every write (AIP-154). Send it back as DeleteNamespaceRequest's
+    `etag` to make the delete conditional; no method reads it from a Namespace.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels: at most 64 entries, keys match

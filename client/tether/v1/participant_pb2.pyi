@@ -109,9 +109,14 @@ class Participant(_message.Message):
     members. Defaults to true on create.
     """
     managed: _builtins.bool
-    """Only system principals may change or delete a managed participant."""
+    """Only system and admin principals may change or delete a managed
+    participant.
+    """
     etag: _builtins.str
-    """Changes on every write (AIP-154). Send it back to make a write conditional."""
+    """Changes on every write (AIP-154). Send it back in UpdateParticipant to
+    make the update conditional (DeleteParticipant and UndeleteParticipant
+    take it in the request); empty on input: an unconditional update.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels: at most 64 entries, keys match

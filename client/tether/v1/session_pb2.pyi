@@ -158,13 +158,16 @@ class Session(_message.Message):
     true on create.
     """
     managed: _builtins.bool
-    """Only system principals may change or delete a managed session."""
+    """Only system and admin principals may change or delete a managed session."""
     auto_created: _builtins.bool
     """True when the session was created by FindOrCreateSession."""
     member_count: _builtins.int
     """Number of members of the session."""
     etag: _builtins.str
-    """Changes on every write (AIP-154). Send it back to make a write conditional."""
+    """Changes on every write (AIP-154). Send it back in UpdateSession to make
+    the update conditional (DeleteSession and UndeleteSession take it in the
+    request); empty on input: an unconditional update.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels: at most 64 entries, keys match
@@ -309,7 +312,9 @@ class Member(_message.Message):
     participant_kind: _participant_pb2.Participant.Kind.ValueType
     """The participant's kind, USER or AGENT."""
     etag: _builtins.str
-    """Changes on every write (AIP-154)."""
+    """Changes on every write (AIP-154). Send it back in UpdateMember to make the
+    update conditional; empty on input: an unconditional update.
+    """
     @_builtins.property
     def join_time(self) -> _timestamp_pb2.Timestamp:
         """When the participant joined the session."""

@@ -335,7 +335,8 @@ class UpdateParticipantRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to update. Absent: the fields set in `participant`; `*`: every
         mutable field. Mutable: display_name, avatar_uri, external_id, labels,
-        metadata, enabled, managed.
+        metadata, enabled, managed. The immutable `kind`, set or named, must hold
+        its current value (else INVALID_ARGUMENT / IMMUTABLE_FIELD).
         """
 
     def __init__(
@@ -698,7 +699,9 @@ class UpdateSessionRequest(_message.Message):
         """Fields to update. Absent: the fields set in `session`; `*`: every mutable
         field. Mutable: display_name, description, channel,
         external_conversation_id, group_name, enabled, managed, labels,
-        session_state, expire_time, ttl.
+        session_state, expire_time, ttl. The immutable kind, agent, user and
+        peer_agent, set or named, must hold their current values (else
+        INVALID_ARGUMENT / IMMUTABLE_FIELD).
         """
 
     def __init__(
@@ -919,7 +922,16 @@ class FindOrCreateSessionRequest(_message.Message):
     @_builtins.property
     def session(self) -> _session_pb2.Session:
         """Template for a new session. Fields the key fills may be left empty; a
-        template that contradicts its key is INVALID_ARGUMENT.
+        template that contradicts its key is INVALID_ARGUMENT. A session the key
+        finds (or, with `undelete_if_deleted`, restores) must have the `kind`,
+        `user` and `peer_agent` the template sets, fixed at creation as they are:
+        else FAILED_PRECONDITION / TEMPLATE_MISMATCH, whose ErrorInfo metadata
+        names the session (`resource_name`) and the template fields (`fields`,
+        e.g. `session.kind,session.user`), and nothing is changed. Fields the
+        template leaves unset (also a kind it leaves to the default) and the
+        creation-only fields (display_name, description, group_name, labels,
+        session_state, enabled, managed, expiry) never conflict: they only shape
+        a new session.
         """
 
     def __init__(

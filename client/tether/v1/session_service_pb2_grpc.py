@@ -191,14 +191,14 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetNamespace(self, request, context):
-        """Gets a namespace.
+        """Gets a namespace. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListNamespaces(self, request, context):
-        """Lists the namespaces the caller may see, ordered by name.
+        """Lists every namespace, ordered by name. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -322,8 +322,10 @@ class SessionServiceServicer:
 
     def FindOrCreateSession(self, request, context):
         """Returns the live session for a key, creating it from the template if
-        there is none. Atomic: N concurrent callers with one key get one session,
-        N identical answers and no errors.
+        there is none. Atomic: N concurrent callers with one key and agreeing
+        templates get one session, N identical answers and no errors. A session
+        found for the key whose kind, user or peer_agent differs from what the
+        template sets is FAILED_PRECONDITION / TEMPLATE_MISMATCH (see `session`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

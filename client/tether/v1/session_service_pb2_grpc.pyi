@@ -45,9 +45,9 @@ class SessionServiceStub:
     CreateNamespace: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.CreateNamespaceRequest, _namespace_pb2.Namespace]
     """Creates a namespace. Admin only."""
     GetNamespace: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetNamespaceRequest, _namespace_pb2.Namespace]
-    """Gets a namespace."""
+    """Gets a namespace. Admin only."""
     ListNamespaces: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListNamespacesRequest, _session_service_pb2.ListNamespacesResponse]
-    """Lists the namespaces the caller may see, ordered by name."""
+    """Lists every namespace, ordered by name. Admin only."""
     DeleteNamespace: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.DeleteNamespaceRequest, _empty_pb2.Empty]
     """Deletes a namespace for good. A namespace that still holds participants
     or sessions needs `force`, which deletes them too. Admin only.
@@ -89,8 +89,10 @@ class SessionServiceStub:
     """Permanently removes the sessions matching a filter (AIP-165). Admin only."""
     FindOrCreateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.FindOrCreateSessionRequest, _session_service_pb2.FindOrCreateSessionResponse]
     """Returns the live session for a key, creating it from the template if
-    there is none. Atomic: N concurrent callers with one key get one session,
-    N identical answers and no errors.
+    there is none. Atomic: N concurrent callers with one key and agreeing
+    templates get one session, N identical answers and no errors. A session
+    found for the key whose kind, user or peer_agent differs from what the
+    template sets is FAILED_PRECONDITION / TEMPLATE_MISMATCH (see `session`).
     """
     RecordActivity: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.RecordActivityRequest, _session_pb2.Session]
     """Moves `last_activity_time` forward (never back) in one statement. The
@@ -124,9 +126,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
     CreateNamespace: _aio.UnaryUnaryMultiCallable[_session_service_pb2.CreateNamespaceRequest, _namespace_pb2.Namespace]  # type: ignore[assignment]
     """Creates a namespace. Admin only."""
     GetNamespace: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetNamespaceRequest, _namespace_pb2.Namespace]  # type: ignore[assignment]
-    """Gets a namespace."""
+    """Gets a namespace. Admin only."""
     ListNamespaces: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListNamespacesRequest, _session_service_pb2.ListNamespacesResponse]  # type: ignore[assignment]
-    """Lists the namespaces the caller may see, ordered by name."""
+    """Lists every namespace, ordered by name. Admin only."""
     DeleteNamespace: _aio.UnaryUnaryMultiCallable[_session_service_pb2.DeleteNamespaceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a namespace for good. A namespace that still holds participants
     or sessions needs `force`, which deletes them too. Admin only.
@@ -168,8 +170,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """Permanently removes the sessions matching a filter (AIP-165). Admin only."""
     FindOrCreateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.FindOrCreateSessionRequest, _session_service_pb2.FindOrCreateSessionResponse]  # type: ignore[assignment]
     """Returns the live session for a key, creating it from the template if
-    there is none. Atomic: N concurrent callers with one key get one session,
-    N identical answers and no errors.
+    there is none. Atomic: N concurrent callers with one key and agreeing
+    templates get one session, N identical answers and no errors. A session
+    found for the key whose kind, user or peer_agent differs from what the
+    template sets is FAILED_PRECONDITION / TEMPLATE_MISMATCH (see `session`).
     """
     RecordActivity: _aio.UnaryUnaryMultiCallable[_session_service_pb2.RecordActivityRequest, _session_pb2.Session]  # type: ignore[assignment]
     """Moves `last_activity_time` forward (never back) in one statement. The
@@ -212,7 +216,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.GetNamespaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_namespace_pb2.Namespace, _abc.Awaitable[_namespace_pb2.Namespace]]:
-        """Gets a namespace."""
+        """Gets a namespace. Admin only."""
 
     @_abc_1.abstractmethod
     def ListNamespaces(
@@ -220,7 +224,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.ListNamespacesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.ListNamespacesResponse, _abc.Awaitable[_session_service_pb2.ListNamespacesResponse]]:
-        """Lists the namespaces the caller may see, ordered by name."""
+        """Lists every namespace, ordered by name. Admin only."""
 
     @_abc_1.abstractmethod
     def DeleteNamespace(
@@ -364,8 +368,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.FindOrCreateSessionResponse, _abc.Awaitable[_session_service_pb2.FindOrCreateSessionResponse]]:
         """Returns the live session for a key, creating it from the template if
-        there is none. Atomic: N concurrent callers with one key get one session,
-        N identical answers and no errors.
+        there is none. Atomic: N concurrent callers with one key and agreeing
+        templates get one session, N identical answers and no errors. A session
+        found for the key whose kind, user or peer_agent differs from what the
+        template sets is FAILED_PRECONDITION / TEMPLATE_MISMATCH (see `session`).
         """
 
     @_abc_1.abstractmethod

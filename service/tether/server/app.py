@@ -58,7 +58,7 @@ from tether.server.db.migrate import migrate
 from tether.server.db.sweeper import sweep
 from tether.server.interceptors import CallGuard
 from tether.server.log import get_logger
-from tether.server.policy import Guard
+from tether.server.policy import AccessPolicy
 from tether.server.service import build_servicer
 from tether.v1 import session_service_pb2
 
@@ -192,7 +192,7 @@ class TetherServer:
 
     def _build_server(self, engine: AsyncEngine) -> grpc.aio.Server:
         server = grpc.aio.server(options=server_options(self.settings))
-        guard = CallGuard(Guard(self.authenticator))
+        guard = CallGuard(AccessPolicy(self.authenticator))
         servicer = build_servicer(engine, self.settings)
         server.add_generic_rpc_handlers((guard.service_handler(servicer, SESSION_SERVICE),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -50,6 +50,7 @@ class Reason(StrEnum):
     PARTICIPANT_DISABLED = "PARTICIPANT_DISABLED"
     AUTOMATIC_MEMBER = "AUTOMATIC_MEMBER"
     NAMESPACE_NOT_EMPTY = "NAMESPACE_NOT_EMPTY"
+    TEMPLATE_MISMATCH = "TEMPLATE_MISMATCH"
     REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
     ETAG_MISMATCH = "ETAG_MISMATCH"
     CONCURRENT_CHANGE = "CONCURRENT_CHANGE"
@@ -69,7 +70,8 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     ),
     Reason.IMMUTABLE_FIELD: (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "An update tries to change a field fixed at creation (kind, agent, user, peer_agent).",
+        "An update changes a field fixed at creation (a session's kind, agent, user or peer_agent, a "
+        "participant's kind), with or without an update mask; sending the stored value back is no change.",
     ),
     Reason.WRONG_PARTICIPANT_KIND: (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -147,6 +149,11 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
         grpc.StatusCode.FAILED_PRECONDITION,
         "DeleteNamespace of a namespace that holds participants or sessions needs `force`.",
     ),
+    Reason.TEMPLATE_MISMATCH: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "FindOrCreateSession found a session for the key whose kind, user or peer_agent differs from "
+        "what the template sets; metadata `resource_name` names it, `fields` the template fields.",
+    ),
     Reason.REQUEST_ID_CONFLICT: (
         grpc.StatusCode.FAILED_PRECONDITION,
         "The `request_id` was already used for a different request (another method or payload).",
@@ -208,20 +215,28 @@ def shorten(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def with_article(word: str) -> str:
+    """`word` after "a" or "an", for the upper-case enum names messages quote:
+    "an AGENT", "a USER" ("U" sounds like "you" there), "a GROUP"."""
+    return f"{'an' if word[:1] in 'AEIO' else 'a'} {word}"
+
+
 @dataclass
 class ApiError(Exception):
-    """An error meant for the caller: status code, ErrorInfo reason, message.
+    """An error meant for the caller: ErrorInfo reason, message, metadata, field violations.
 
-    What reaches the wire is bounded: the message, every quoted value and the
-    number of violations are capped, whatever the caller sent."""
+    The status code is the reason's code in `CATALOGUE`, so a raise cannot contradict
+    the catalogue (nor docs/errors.md). What reaches the wire is bounded: the message,
+    every quoted value and the number of violations are capped, whatever the caller sent."""
 
-    code: grpc.StatusCode
     reason: Reason
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: Sequence[FieldViolation] = ()
+    code: grpc.StatusCode = field(init=False)
 
     def __post_init__(self) -> None:
+        self.code = CATALOGUE[self.reason][0]
         self.message = shorten(self.message, MAX_MESSAGE_CHARS)
         self.metadata = {shorten(k, 64): shorten(v) for k, v in self.metadata.items()}
         kept = [
@@ -267,64 +282,75 @@ def invalid_argument(
     if len(violations) > len(listed):
         message += f"; and {len(violations) - len(listed)} more (see the BadRequest details)"
     message = message or "invalid argument"
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, violations=violations)
+    return ApiError(reason, message, violations=violations)
 
 
 def bad_field(field_path: str, description: str, reason: Reason = Reason.INVALID_ARGUMENT) -> ApiError:
     """Bad input in a single field."""
-    violation = FieldViolation(field_path, description)
     return ApiError(
-        grpc.StatusCode.INVALID_ARGUMENT, reason, f"{field_path}: {description}", violations=[violation]
+        reason, f"{field_path}: {description}", violations=[FieldViolation(field_path, description)]
     )
 
 
-def not_found(resource_name: str, what: str) -> ApiError:
+class Resource(StrEnum):
+    """The kinds of resource a NOT_FOUND or ALREADY_EXISTS names; the value is the noun
+    the message uses."""
+
+    NAMESPACE = "namespace"
+    PARTICIPANT = "participant"
+    SESSION = "session"
+    MEMBER = "member"
+
+
+_NOT_FOUND: dict[Resource, Reason] = {
+    Resource.NAMESPACE: Reason.NAMESPACE_NOT_FOUND,
+    Resource.PARTICIPANT: Reason.PARTICIPANT_NOT_FOUND,
+    Resource.SESSION: Reason.SESSION_NOT_FOUND,
+    Resource.MEMBER: Reason.MEMBER_NOT_FOUND,
+}
+_ALREADY_EXISTS: dict[Resource, Reason] = {
+    Resource.NAMESPACE: Reason.NAMESPACE_ALREADY_EXISTS,
+    Resource.PARTICIPANT: Reason.PARTICIPANT_ALREADY_EXISTS,
+    Resource.SESSION: Reason.SESSION_ALREADY_EXISTS,
+    Resource.MEMBER: Reason.MEMBER_ALREADY_EXISTS,
+}
+
+
+def not_found(resource: Resource, resource_name: str) -> ApiError:
     return ApiError(
-        grpc.StatusCode.NOT_FOUND,
-        Reason(f"{what.upper()}_NOT_FOUND"),
-        f"{what} {resource_name!r} not found",
+        _NOT_FOUND[resource],
+        f"{resource} {resource_name!r} not found",
         metadata={"resource_name": resource_name},
     )
 
 
-def already_exists(resource_name: str, what: str, message: str | None = None) -> ApiError:
+def already_exists(resource: Resource, resource_name: str, message: str | None = None) -> ApiError:
     return ApiError(
-        grpc.StatusCode.ALREADY_EXISTS,
-        Reason(f"{what.upper()}_ALREADY_EXISTS"),
-        message or f"{what} {resource_name!r} already exists",
+        _ALREADY_EXISTS[resource],
+        message or f"{resource} {resource_name!r} already exists",
         metadata={"resource_name": resource_name},
     )
-
-
-def failed_precondition(reason: Reason, message: str, **metadata: str) -> ApiError:
-    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, metadata=metadata)
-
-
-def aborted(reason: Reason, message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.ABORTED, reason, message)
 
 
 def unimplemented(method: str, message: str) -> ApiError:
-    return ApiError(
-        grpc.StatusCode.UNIMPLEMENTED, Reason.NOT_IMPLEMENTED, message, metadata={"method": method}
-    )
+    return ApiError(Reason.NOT_IMPLEMENTED, message, metadata={"method": method})
 
 
 def unauthenticated(message: str) -> ApiError:
     """No usable credentials; `message` must never quote the token."""
-    return ApiError(grpc.StatusCode.UNAUTHENTICATED, Reason.UNAUTHENTICATED, message)
+    return ApiError(Reason.UNAUTHENTICATED, message)
 
 
 def permission_denied(message: str, reason: Reason = Reason.PERMISSION_DENIED, **metadata: str) -> ApiError:
-    return ApiError(grpc.StatusCode.PERMISSION_DENIED, reason, message, metadata=metadata)
+    return ApiError(reason, message, metadata=metadata)
 
 
 def unavailable(message: str = "the database is unreachable; retry later") -> ApiError:
-    return ApiError(grpc.StatusCode.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE, message)
+    return ApiError(Reason.DATABASE_UNAVAILABLE, message)
 
 
 def internal() -> ApiError:
-    return ApiError(grpc.StatusCode.INTERNAL, Reason.INTERNAL, "internal error; see the server log")
+    return ApiError(Reason.INTERNAL, "internal error; see the server log")
 
 
 # SQLSTATE classes that mean "the database cannot be reached right now".
@@ -352,7 +378,7 @@ def from_database_error(error: Exception) -> ApiError | None:
     if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
         return unavailable()
     if sqlstate in _CONFLICT_SQLSTATES:
-        return aborted(Reason.CONCURRENT_CHANGE, "the call lost a race with another; retry it")
+        return ApiError(Reason.CONCURRENT_CHANGE, "the call lost a race with another; retry it")
     if isinstance(error, sa_exc.OperationalError):
         # SQLite "database is locked" after busy_timeout, disk I/O, or a
         # dropped PostgreSQL connection: transient from the caller's view.

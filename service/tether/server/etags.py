@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from sqlalchemy import ColumnElement, and_, false, func
 
 from tether.server.errors import ApiError, Reason
@@ -53,7 +52,6 @@ def condition(uid: Any, version: Any, expected: Etag | None) -> ColumnElement[bo
 
 def mismatch(resource_name: str, current: str) -> ApiError:
     return ApiError(
-        grpc.StatusCode.ABORTED,
         Reason.ETAG_MISMATCH,
         f"{resource_name!r} has changed (its etag is now {current}); read it again and retry",
         metadata={"resource_name": resource_name, "etag": current},

@@ -6,7 +6,7 @@ the wrapper sees the request and the outcome of every call, unary or
 streaming. (A `grpc.aio.ServerInterceptor` would do the same through an
 interceptor pipeline that runs several coroutines per call, on the hot path.)
 
-- before the handler runs, `policy.Guard` authenticates the caller (bearer
+- before the handler runs, `policy.AccessPolicy` authenticates the caller (bearer
   token), makes it the current principal (`auth.current_principal()`) and
   checks the method's rule: UNAUTHENTICATED, NOT_FOUND (a namespace the caller
   may not see) or PERMISSION_DENIED (role too low) stop the call there;
@@ -94,9 +94,9 @@ def _reject_undecodable(request: Any) -> None:
 class CallGuard:
     """Guards, logs and audits every RPC and turns exceptions into statuses; see the module docstring."""
 
-    def __init__(self, guard: policy.Guard | None = None) -> None:
-        # Without a guard: no auth file, every caller is the local admin.
-        self._guard = guard or policy.Guard(auth.Authenticator(None, None))
+    def __init__(self, access: policy.AccessPolicy | None = None) -> None:
+        # Without an access policy: no auth file, every caller is the local admin.
+        self._access = access or policy.AccessPolicy(auth.Authenticator(None, None))
         # Bound now (after logging is configured), not lazily on every call.
         self._log = get_logger().bind()
         # The `rpc` and `audit` lines are INFO: below that level skip their fields too.
@@ -134,7 +134,7 @@ class CallGuard:
             try:
                 principal = self._authenticate(context)
                 _reject_undecodable(request)
-                self._guard.authorize(method, request, principal)
+                self._access.authorize(method, request, principal)
                 response = await behaviour(request, context)
                 code = _status_code(context)
                 return response
@@ -156,7 +156,7 @@ class CallGuard:
             try:
                 principal = self._authenticate(context)
                 _reject_undecodable(request)
-                self._guard.authorize(method, request, principal)
+                self._access.authorize(method, request, principal)
                 async for response in behaviour(request, context):
                     yield response
                 code = _status_code(context)
@@ -174,7 +174,7 @@ class CallGuard:
         Each RPC runs in its own asyncio task, so the context variable never
         leaks from one call into another.
         """
-        principal = self._guard.authenticate(context.invocation_metadata())
+        principal = self._access.authenticate(context.invocation_metadata())
         auth.set_current_principal(principal)
         return principal
 

@@ -1,21 +1,23 @@
 """Authorization: which role each RPC needs and which namespaces it touches.
 
 `POLICY` has one `Rule` per `tether.v1.SessionService` method (a unit test
-checks it against the service descriptor). `Guard.admit` runs before every
-handler (from the call guard):
+checks it against the service descriptor). Before every handler the call guard
+(`interceptors.CallGuard`) asks `AccessPolicy`:
 
-1. authenticate the call (`auth.Authenticator`): UNAUTHENTICATED otherwise;
+1. `authenticate` the call (`auth.Authenticator`): UNAUTHENTICATED otherwise;
 2. find the namespaces the request names (the `namespaces/{ns}` segment of
    each field in `Rule.names`). One the principal cannot access answers
    NOT_FOUND with the reason and resource name a missing resource of that
    kind gets from the handler, so another tenant's namespace looks exactly
-   like one that does not exist (the guard never reads the database, so its
+   like one that does not exist (the policy never reads the database, so its
    answer cannot depend on what exists). A name without a parsable namespace
-   segment passes through: the handler rejects it as INVALID_ARGUMENT;
+   segment passes through: the handler rejects it as INVALID_ARGUMENT
+   (steps 2 and 3 are `authorize`);
 3. check the role: PERMISSION_DENIED when it is below `Rule.role`.
 
-The namespace methods are admin only (DESIGN.md), and an admin sees every
-namespace. Mutating methods (`Rule.mutating`) get an `audit` log line.
+The namespace methods are admin only (as the README's roles table and the
+comments in protos/tether/v1/session_service.proto say), and an admin sees
+every namespace. Mutating methods (`Rule.mutating`) get an `audit` log line.
 """
 
 from __future__ import annotations
@@ -23,21 +25,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from google.protobuf.message import Message
 
 from tether.server import auth, errors
 from tether.server.auth import Principal, Role
+from tether.server.errors import Resource
 from tether.server.names import ID_PATTERN
 from tether.v1 import session_service_pb2
 from tether.v1 import session_service_pb2 as pb
 
 SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"]
-Kind = Literal["namespace", "participant", "session"]
 _NAMESPACE_SEGMENT = re.compile(rf"^namespaces/({ID_PATTERN})(?:/|$)")
 # Resource name segments of each kind: what a hidden resource's NOT_FOUND names.
-_SEGMENTS: dict[Kind, int] = {"namespace": 2, "participant": 4, "session": 4}
+_SEGMENTS: dict[Resource, int] = {Resource.NAMESPACE: 2, Resource.PARTICIPANT: 4, Resource.SESSION: 4}
 
 
 @dataclass(frozen=True)
@@ -45,57 +47,58 @@ class Rule:
     """One RPC's policy.
 
     role: the lowest role allowed to call it.
-    names: (field path, kind) of each request field holding resource names, in
-        the order they are checked; a field may be repeated (`names`). `kind`
-        is what a missing resource there is reported as (`SESSION_NOT_FOUND`, ...).
+    names: (field path, resource) of each request field holding resource names,
+        in the order they are checked; a field may be repeated (`names`).
+        `resource` is what a missing resource there is reported as
+        (`SESSION_NOT_FOUND`, ...).
     mutating: whether the call changes anything (then it is audited).
     """
 
     role: Role
-    names: tuple[tuple[str, Kind], ...] = ()
+    names: tuple[tuple[str, Resource], ...] = ()
     mutating: bool = False
 
 
-def _read(*names: tuple[str, Kind]) -> Rule:
+def _read(*names: tuple[str, Resource]) -> Rule:
     return Rule(Role.READER, names)
 
 
-def _write(*names: tuple[str, Kind], role: Role = Role.WRITER) -> Rule:
+def _write(*names: tuple[str, Resource], role: Role = Role.WRITER) -> Rule:
     return Rule(role, names, mutating=True)
 
 
-NameField = tuple[str, Kind]
-_NAME_IS_PARTICIPANT: NameField = ("name", "participant")
-_NAME_IS_SESSION: NameField = ("name", "session")
-_PARENT_IS_NAMESPACE: NameField = ("parent", "namespace")
+NameField = tuple[str, Resource]
+_NAME_IS_PARTICIPANT: NameField = ("name", Resource.PARTICIPANT)
+_NAME_IS_SESSION: NameField = ("name", Resource.SESSION)
+_PARENT_IS_NAMESPACE: NameField = ("parent", Resource.NAMESPACE)
 # A missing session is what a member call into a missing namespace reports.
-_PARENT_IS_SESSION: NameField = ("parent", "session")
+_PARENT_IS_SESSION: NameField = ("parent", Resource.SESSION)
 
 POLICY: dict[str, Rule] = {
     "CreateNamespace": _write(role=Role.ADMIN),
-    "GetNamespace": Rule(Role.ADMIN, (("name", "namespace"),)),
+    "GetNamespace": Rule(Role.ADMIN, (("name", Resource.NAMESPACE),)),
     "ListNamespaces": Rule(Role.ADMIN, ()),
-    "DeleteNamespace": _write(("name", "namespace"), role=Role.ADMIN),
+    "DeleteNamespace": _write(("name", Resource.NAMESPACE), role=Role.ADMIN),
     "CreateParticipant": _write(_PARENT_IS_NAMESPACE),
     "GetParticipant": _read(_NAME_IS_PARTICIPANT),
     "ListParticipants": _read(_PARENT_IS_NAMESPACE),
-    "UpdateParticipant": _write(("participant.name", "participant")),
+    "UpdateParticipant": _write(("participant.name", Resource.PARTICIPANT)),
     "DeleteParticipant": _write(_NAME_IS_PARTICIPANT),
     "UndeleteParticipant": _write(_NAME_IS_PARTICIPANT),
     "FindOrCreateParticipant": _write(_PARENT_IS_NAMESPACE),
     "CreateSession": _write(_PARENT_IS_NAMESPACE),
     "GetSession": _read(_NAME_IS_SESSION),
-    "BatchGetSessions": _read(("names", "session"), _PARENT_IS_NAMESPACE),
+    "BatchGetSessions": _read(("names", Resource.SESSION), _PARENT_IS_NAMESPACE),
     "ListSessions": _read(_PARENT_IS_NAMESPACE),
-    "UpdateSession": _write(("session.name", "session")),
+    "UpdateSession": _write(("session.name", Resource.SESSION)),
     "DeleteSession": _write(_NAME_IS_SESSION),
     "UndeleteSession": _write(_NAME_IS_SESSION),
     "PurgeSessions": _write(_PARENT_IS_NAMESPACE, role=Role.ADMIN),
     "FindOrCreateSession": _write(_PARENT_IS_NAMESPACE),
     "RecordActivity": _write(_NAME_IS_SESSION),
     "AddMember": _write(_PARENT_IS_SESSION),
-    "UpdateMember": _write(("member.name", "session")),
-    "RemoveMember": _write(("name", "session")),
+    "UpdateMember": _write(("member.name", Resource.SESSION)),
+    "RemoveMember": _write(("name", Resource.SESSION)),
     "ListMembers": _read(_PARENT_IS_SESSION),
     "WatchSessions": _read(_PARENT_IS_NAMESPACE),
 }
@@ -119,18 +122,18 @@ def namespace_of(name: str) -> str | None:
     return None if match is None else match.group(1)
 
 
-def hidden(name: str, namespace: str, kind: Kind) -> errors.ApiError:
+def hidden(name: str, namespace: str, resource: Resource) -> errors.ApiError:
     """What the handler answers for `name` when its namespace does not exist."""
-    if kind == "namespace":
-        return errors.not_found(f"namespaces/{namespace}", "namespace")
-    return errors.not_found("/".join(name.split("/")[: _SEGMENTS[kind]]), kind)
+    if resource == Resource.NAMESPACE:
+        return errors.not_found(Resource.NAMESPACE, f"namespaces/{namespace}")
+    return errors.not_found(resource, "/".join(name.split("/")[: _SEGMENTS[resource]]))
 
 
 def short_method(method: str) -> str:
     return method.rpartition("/")[2]
 
 
-class Guard:
+class AccessPolicy:
     """Authentication and authorization for every SessionService call; see the module docstring."""
 
     def __init__(self, authenticator: auth.Authenticator) -> None:
@@ -144,11 +147,11 @@ class Guard:
         rule = RULES_BY_PATH.get(method)
         if rule is None:  # not in the table: nobody may call it
             raise errors.permission_denied(f"{method} is not open to callers", method=short_method(method))
-        for path, kind in rule.names:
+        for path, resource in rule.names:
             for name in field_values(request, path):
                 namespace = namespace_of(name)
                 if namespace is not None and not principal.can_access(namespace):
-                    raise hidden(name, namespace, kind)
+                    raise hidden(name, namespace, resource)
         if not principal.has_role(rule.role):
             raise errors.permission_denied(
                 f"principal {principal.id!r} ({principal.role.label}) may not call {short_method(method)}: "

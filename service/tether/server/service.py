@@ -24,7 +24,7 @@ from tether.server.db import participants as participant_db
 from tether.server.db import purge as purge_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, utcnow
-from tether.server.db.guard import Guard
+from tether.server.db.write_condition import WriteCondition
 from tether.server.domain import masks
 from tether.server.domain import participants as participant_rules
 from tether.server.domain import sessions as session_rules
@@ -82,10 +82,10 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         self._request_id_ttl = request_id_ttl
 
     @staticmethod
-    def _guard(etag: str) -> Guard:
+    def _write_condition(etag: str) -> WriteCondition:
         """The conditions of a write to an existing resource: the caller's etag, and
         whether the caller may change managed resources."""
-        return Guard(etags.parse(etag), may_manage=_may_manage())
+        return WriteCondition(etags.parse(etag), may_manage=_may_manage())
 
     async def _once(
         self,
@@ -166,8 +166,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     def _new_participant(
         self, namespace: str, participant_id: str, p: participant_pb2.Participant, v: Violations
     ) -> dict[str, Any]:
+        """The new participant's row; `p.kind` is the caller's to validate (it is
+        `kind` in FindOrCreateParticipant, `participant.kind` in CreateParticipant)."""
         _check_may_set_managed(p.managed, "participant.managed")
-        v.enum("participant.kind", p.kind, participant_rules.KINDS)
         participant_rules.check_fields(p, "participant", v)
         v.check()  # every violation so far, then build values only from valid input
         now = utcnow()
@@ -188,6 +189,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         participant_id = _new_id(request.participant_id, "participant_id", v)
         v.request_id("request_id", request.request_id)
+        v.enum("participant.kind", request.participant.kind, participant_rules.KINDS)
         values = self._new_participant(namespace, participant_id, request.participant, v)
         v.check()
         if request.validate_only:
@@ -233,7 +235,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         values = participant_rules.column_values(p, mask.mutable)
         kind = p.kind if "kind" in mask.immutable else None
         row = await participant_db.update_participant(
-            self._db, ref.namespace, ref.participant, values, kind, self._guard(p.etag)
+            self._db, ref.namespace, ref.participant, values, kind, self._write_condition(p.etag)
         )
         return convert.participant_to_proto(row)
 
@@ -243,7 +245,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         ref = names.parse_participant(request.name)
         return convert.participant_to_proto(
             await participant_db.soft_delete(
-                self._db, ref.namespace, ref.participant, self._guard(request.etag)
+                self._db, ref.namespace, ref.participant, self._write_condition(request.etag)
             )
         )
 
@@ -252,7 +254,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     ) -> participant_pb2.Participant:
         ref = names.parse_participant(request.name)
         return convert.participant_to_proto(
-            await participant_db.undelete(self._db, ref.namespace, ref.participant, self._guard(request.etag))
+            await participant_db.undelete(
+                self._db, ref.namespace, ref.participant, self._write_condition(request.etag)
+            )
         )
 
     async def FindOrCreateParticipant(
@@ -328,7 +332,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             except errors.ApiError as exc:
                 v.items.extend(exc.violations)
                 continue
-            if ref.namespace != namespace:
+            if namespace and ref.namespace != namespace:  # "": `parent` itself is reported
                 v.add(f"names[{i}]", "must be a session of the namespace that `parent` names")
             ids.append(ref.session)
         v.check()
@@ -362,20 +366,24 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.check()
         values = session_rules.mutable_values(s, mask.mutable, utcnow())
         row = await session_db.update_session(
-            self._db, ref.namespace, ref.session, values, unchanged, self._guard(s.etag)
+            self._db, ref.namespace, ref.session, values, unchanged, self._write_condition(s.etag)
         )
         return convert.session_to_proto(row)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> session_pb2.Session:
         ref = names.parse_session(request.name)
-        row = await session_db.soft_delete(self._db, ref.namespace, ref.session, self._guard(request.etag))
+        row = await session_db.soft_delete(
+            self._db, ref.namespace, ref.session, self._write_condition(request.etag)
+        )
         return convert.session_to_proto(row)
 
     async def UndeleteSession(
         self, request: pb.UndeleteSessionRequest, context: Context
     ) -> session_pb2.Session:
         ref = names.parse_session(request.name)
-        row = await session_db.undelete(self._db, ref.namespace, ref.session, self._guard(request.etag))
+        row = await session_db.undelete(
+            self._db, ref.namespace, ref.session, self._write_condition(request.etag)
+        )
         return convert.session_to_proto(row)
 
     async def PurgeSessions(
@@ -402,6 +410,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         new = session_rules.new_session(namespace, names.new_id(), template, "session", v, auto_created=True)
         v.check()
         values = new.values
+        fixed = session_rules.template_fixed(request, values)
         if request.WhichOneof("key") == "agent_pair":
             target = session_db.agent_pair_target(namespace, values["agent_pair"])
         else:
@@ -411,7 +420,12 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
 
         async def find_or_create() -> pb.FindOrCreateSessionResponse:
             row, created = await session_db.find_or_create(
-                self._db, target, values, new.refs, undelete_if_deleted=request.undelete_if_deleted
+                self._db,
+                target,
+                values,
+                new.refs,
+                fixed=fixed,
+                undelete_if_deleted=request.undelete_if_deleted,
             )
             return pb.FindOrCreateSessionResponse(session=convert.session_to_proto(row), created=created)
 
@@ -454,8 +468,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         role = request.member.role or session_pb2.Member.ROLE_MEMBER
 
         async def add() -> session_pb2.Member:
-            guard = self._guard("")
-            row = await member_db.add(self._db, ref.namespace, ref.session, participant, role, guard)
+            condition = self._write_condition("")
+            row = await member_db.add(self._db, ref.namespace, ref.session, participant, role, condition)
             return convert.member_to_proto(row)
 
         return await self._once(ref.namespace, request, request.request_id, session_pb2.Member, add)
@@ -475,13 +489,15 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             ref.session,
             ref.participant,
             request.member.role,
-            self._guard(request.member.etag),
+            self._write_condition(request.member.etag),
         )
         return convert.member_to_proto(row)
 
     async def RemoveMember(self, request: pb.RemoveMemberRequest, context: Context) -> empty_pb2.Empty:
         ref = names.parse_member(request.name)
-        await member_db.remove(self._db, ref.namespace, ref.session, ref.participant, self._guard(""))
+        await member_db.remove(
+            self._db, ref.namespace, ref.session, ref.participant, self._write_condition("")
+        )
         return empty_pb2.Empty()
 
     async def ListMembers(self, request: pb.ListMembersRequest, context: Context) -> pb.ListMembersResponse:

@@ -61,10 +61,10 @@ async def claim(
     key = (idempotency.c.namespace == scope) & (idempotency.c.request_id == request_id)
     row = (await conn.execute(select(idempotency).where(key))).mappings().one()
     if row["method"] != method or row["fingerprint"] != request_fingerprint or row["response"] is None:
-        raise errors.failed_precondition(
+        raise errors.ApiError(
             Reason.REQUEST_ID_CONFLICT,
             f"request_id {request_id!r} was already used for a different request",
-            request_id=request_id,
+            metadata={"request_id": request_id},
         )
     response: bytes = row["response"]
     return response

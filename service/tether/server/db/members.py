@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tether.server import errors, etags, names
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, utcnow
-from tether.server.db.guard import NO_GUARD, Guard, managed_refused
 from tether.server.db.schema import members, participants, sessions
-from tether.server.errors import Reason
+from tether.server.db.write_condition import WriteCondition, managed_refused
+from tether.server.errors import Reason, Resource
 
 # A member row joined with what the Member message shows of its participant.
 _MEMBER_COLUMNS = [
@@ -44,7 +44,7 @@ async def _get(conn: AsyncConnection, namespace: str, session: str, participant:
     stmt = member_select().where(_pk(namespace, session, participant))
     row: Row | None = (await conn.execute(stmt)).mappings().first()
     if row is None:
-        raise errors.not_found(names.member_name(namespace, session, participant), "member")
+        raise errors.not_found(Resource.MEMBER, names.member_name(namespace, session, participant))
     result: Row = row
     return result
 
@@ -81,11 +81,16 @@ async def _participant_managed(conn: AsyncConnection, namespace: str, participan
 
 
 async def _check_manageable(
-    conn: AsyncConnection, namespace: str, session: str, participant: str, session_managed: bool, guard: Guard
+    conn: AsyncConnection,
+    namespace: str,
+    session: str,
+    participant: str,
+    session_managed: bool,
+    condition: WriteCondition,
 ) -> None:
     """A caller below the system role may not change the membership of a managed
     session, nor of a managed participant."""
-    if guard.may_manage:
+    if condition.may_manage:
         return
     if session_managed:
         raise managed_refused(names.session_name(namespace, session))
@@ -94,7 +99,7 @@ async def _check_manageable(
 
 
 async def add(
-    db: Database, namespace: str, session: str, participant: str, role: int, guard: Guard = NO_GUARD
+    db: Database, namespace: str, session: str, participant: str, role: int, condition: WriteCondition
 ) -> Row:
     now = utcnow()
     values = {
@@ -111,19 +116,19 @@ async def add(
         if bumped is None:
             await session_db.live_session(conn, namespace, session)
             # It was not live a moment ago and is now: let the caller retry.
-            raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+            raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
         await session_db.check_participants(conn, namespace, [ref])
-        await _check_manageable(conn, namespace, session, participant, bumped["managed"], guard)
+        await _check_manageable(conn, namespace, session, participant, bumped["managed"], condition)
         inserted = await conn.execute(
             db.insert(members).values(values).on_conflict_do_nothing().returning(members.c.participant)
         )
         if inserted.first() is None:
-            raise errors.already_exists(names.member_name(namespace, session, participant), "member")
+            raise errors.already_exists(Resource.MEMBER, names.member_name(namespace, session, participant))
         return await _get(conn, namespace, session, participant)
 
 
 async def update_role(
-    db: Database, namespace: str, session: str, participant: str, role: int, guard: Guard = NO_GUARD
+    db: Database, namespace: str, session: str, participant: str, role: int, condition: WriteCondition
 ) -> Row:
     conditions = [_pk(namespace, session, participant)]
     participant_uid = (
@@ -131,7 +136,7 @@ async def update_role(
         .where(participants.c.namespace == namespace, participants.c.participant == participant)
         .scalar_subquery()
     )
-    etag_condition = etags.condition(participant_uid, members.c.version, guard.expected)
+    etag_condition = etags.condition(participant_uid, members.c.version, condition.expected)
     if etag_condition is not None:
         conditions.append(etag_condition)
     stmt = (
@@ -143,37 +148,37 @@ async def update_role(
     name = names.member_name(namespace, session, participant)
     async with db.transaction() as conn:
         current_session = await session_db.get_in(conn, namespace, session, lock=True)
-        await _check_manageable(conn, namespace, session, participant, current_session["managed"], guard)
+        await _check_manageable(conn, namespace, session, participant, current_session["managed"], condition)
         if (await conn.execute(stmt)).first() is None:
             current = await _get(conn, namespace, session, participant)
             etags.check(
-                name, {"uid": current["participant_uid"], "version": current["version"]}, guard.expected
+                name, {"uid": current["participant_uid"], "version": current["version"]}, condition.expected
             )
         return await _get(conn, namespace, session, participant)
 
 
 async def remove(
-    db: Database, namespace: str, session: str, participant: str, guard: Guard = NO_GUARD
+    db: Database, namespace: str, session: str, participant: str, condition: WriteCondition
 ) -> None:
     name = names.member_name(namespace, session, participant)
     async with db.transaction() as conn:
         current = await session_db.get_in(conn, namespace, session, lock=True)
         if participant in (current["agent"], current["user"], current["peer_agent"]):
-            raise errors.failed_precondition(
+            raise errors.ApiError(
                 Reason.AUTOMATIC_MEMBER,
                 f"{name!r} is the session's agent, user or peer_agent and cannot be removed",
-                resource_name=name,
+                metadata={"resource_name": name},
             )
         if current["delete_time"] is not None:
-            raise errors.failed_precondition(
+            raise errors.ApiError(
                 Reason.SESSION_DELETED, f"session {names.session_name(namespace, session)!r} is deleted"
             )
-        await _check_manageable(conn, namespace, session, participant, current["managed"], guard)
+        await _check_manageable(conn, namespace, session, participant, current["managed"], condition)
         deleted = await conn.execute(
             delete(members).where(_pk(namespace, session, participant)).returning(members.c.participant)
         )
         if deleted.first() is None:
-            raise errors.not_found(name, "member")
+            raise errors.not_found(Resource.MEMBER, name)
         await conn.execute(
             update(sessions)
             .where(sessions.c.namespace == namespace, sessions.c.session == session)

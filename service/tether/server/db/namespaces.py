@@ -9,7 +9,7 @@ from sqlalchemy import and_, delete, exists, select
 from tether.server import errors, etags, names
 from tether.server.db.base import Database, Row
 from tether.server.db.schema import namespaces, participants, sessions
-from tether.server.errors import Reason
+from tether.server.errors import Reason, Resource
 from tether.server.etags import Etag
 
 
@@ -18,7 +18,7 @@ async def create(db: Database, values: dict[str, Any]) -> Row:
     async with db.statement() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
     if row is None:
-        raise errors.already_exists(names.namespace_name(values["namespace"]), "namespace")
+        raise errors.already_exists(Resource.NAMESPACE, names.namespace_name(values["namespace"]))
     return row
 
 
@@ -30,7 +30,7 @@ async def get(db: Database, namespace: str) -> Row:
             .first()
         )
     if row is None:
-        raise errors.not_found(names.namespace_name(namespace), "namespace")
+        raise errors.not_found(Resource.NAMESPACE, names.namespace_name(namespace))
     return row
 
 
@@ -55,10 +55,10 @@ async def delete_namespace(
         found = (await conn.execute(select(namespaces).where(namespaces.c.namespace == namespace))).mappings()
         current = found.first()
         if current is None:
-            raise errors.not_found(names.namespace_name(namespace), "namespace")
+            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(namespace))
         etags.check(names.namespace_name(namespace), current, expected)
-    raise errors.failed_precondition(
+    raise errors.ApiError(
         Reason.NAMESPACE_NOT_EMPTY,
         f"namespace {names.namespace_name(namespace)!r} still holds participants or sessions; set force",
-        resource_name=names.namespace_name(namespace),
+        metadata={"resource_name": names.namespace_name(namespace)},
     )

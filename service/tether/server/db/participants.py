@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
-from tether.server.db.guard import NO_GUARD, Guard
 from tether.server.db.schema import participants
-from tether.server.errors import Reason
+from tether.server.db.write_condition import WriteCondition
+from tether.server.errors import Reason, Resource
 
 # The predicate of the partial unique index on external_id (ON CONFLICT must name it).
 _KEY_WHERE = and_(participants.c.delete_time.is_(None), participants.c.external_id.is_not(None))
@@ -25,7 +24,6 @@ def _pk(namespace: str, participant: str) -> Any:
 
 def _external_id_taken(external_id: str) -> errors.ApiError:
     return errors.ApiError(
-        grpc.StatusCode.ALREADY_EXISTS,
         Reason.EXTERNAL_ID_ALREADY_EXISTS,
         f"a live participant of this kind already has external_id {external_id!r}",
         metadata={"external_id": external_id},
@@ -38,7 +36,7 @@ async def get(db: Database, namespace: str, participant: str) -> Row:
             (await conn.execute(select(participants).where(_pk(namespace, participant)))).mappings().first()
         )
     if row is None:
-        raise errors.not_found(names.participant_name(namespace, participant), "participant")
+        raise errors.not_found(Resource.PARTICIPANT, names.participant_name(namespace, participant))
     return row
 
 
@@ -52,7 +50,7 @@ async def create(db: Database, values: dict[str, Any]) -> Row:
                 await _raise_create_conflict(conn, values)
     except IntegrityError as exc:
         if constraint_kind(exc) == "foreign_key":
-            raise errors.not_found(names.namespace_name(values["namespace"]), "namespace") from None
+            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
         raise
     assert row is not None
     return row
@@ -62,7 +60,7 @@ async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) 
     pk = _pk(values["namespace"], values["participant"])
     if (await conn.execute(select(participants.c.uid).where(pk))).first() is not None:
         name = names.participant_name(values["namespace"], values["participant"])
-        raise errors.already_exists(name, "participant")
+        raise errors.already_exists(Resource.PARTICIPANT, name)
     raise _external_id_taken(values["external_id"])
 
 
@@ -100,10 +98,10 @@ async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, boo
             found = (await conn.execute(select(participants).where(key))).mappings().first()
     except IntegrityError as exc:
         if constraint_kind(exc) == "foreign_key":
-            raise errors.not_found(names.namespace_name(values["namespace"]), "namespace") from None
+            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
         raise
     if found is None:
-        raise errors.aborted(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
+        raise errors.ApiError(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
     return found, False
 
 
@@ -113,20 +111,20 @@ async def update_participant(
     participant: str,
     values: dict[str, Any],
     kind: int | None,
-    guard: Guard = NO_GUARD,
+    condition: WriteCondition,
 ) -> Row:
     """Write `values` in one conditional statement: `kind`, if given, must equal
     the stored (immutable) kind, and the etag must match."""
     name = names.participant_name(namespace, participant)
     if not values:
         current = await get(db, namespace, participant)
-        guard.check(name, current)
+        condition.check(name, current)
         _check_kind(current, kind)
         return current
     conditions = [
         _pk(namespace, participant),
         participants.c.delete_time.is_(None),
-        *guard.conditions(participants),
+        *condition.clauses(participants),
     ]
     if kind is not None:
         conditions.append(participants.c.kind == kind)
@@ -141,7 +139,7 @@ async def update_participant(
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await _current(conn, namespace, participant)
-                guard.check(name, current)
+                condition.check(name, current)
                 if current["delete_time"] is not None:
                     raise _deleted(namespace, participant)
                 _check_kind(current, kind)
@@ -158,12 +156,14 @@ def _check_kind(current: Row, kind: int | None) -> None:
         raise errors.bad_field("participant.kind", "is immutable", reason=Reason.IMMUTABLE_FIELD)
 
 
-async def soft_delete(db: Database, namespace: str, participant: str, guard: Guard = NO_GUARD) -> Row:
+async def soft_delete(db: Database, namespace: str, participant: str, condition: WriteCondition) -> Row:
     now = utcnow()
     stmt = (
         update(participants)
         .where(
-            _pk(namespace, participant), participants.c.delete_time.is_(None), *guard.conditions(participants)
+            _pk(namespace, participant),
+            participants.c.delete_time.is_(None),
+            *condition.clauses(participants),
         )
         .values(
             delete_time=now,
@@ -177,18 +177,18 @@ async def soft_delete(db: Database, namespace: str, participant: str, guard: Gua
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             current = await _current(conn, namespace, participant)
-            guard.check(names.participant_name(namespace, participant), current)
+            condition.check(names.participant_name(namespace, participant), current)
             raise _deleted(namespace, participant)
     return row
 
 
-async def undelete(db: Database, namespace: str, participant: str, guard: Guard = NO_GUARD) -> Row:
+async def undelete(db: Database, namespace: str, participant: str, condition: WriteCondition) -> Row:
     stmt = (
         update(participants)
         .where(
             _pk(namespace, participant),
             participants.c.delete_time.is_not(None),
-            *guard.conditions(participants),
+            *condition.clauses(participants),
         )
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=participants.c.version + 1)
         .returning(participants)
@@ -198,10 +198,10 @@ async def undelete(db: Database, namespace: str, participant: str, guard: Guard 
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await _current(conn, namespace, participant)
-                guard.check(names.participant_name(namespace, participant), current)
+                condition.check(names.participant_name(namespace, participant), current)
                 raise errors.already_exists(
+                    Resource.PARTICIPANT,
                     names.participant_name(namespace, participant),
-                    "participant",
                     message="participant is not deleted",
                 )
     except IntegrityError as exc:
@@ -216,14 +216,13 @@ async def _current(conn: AsyncConnection, namespace: str, participant: str) -> R
         (await conn.execute(select(participants).where(_pk(namespace, participant)))).mappings().first()
     )
     if row is None:
-        raise errors.not_found(names.participant_name(namespace, participant), "participant")
+        raise errors.not_found(Resource.PARTICIPANT, names.participant_name(namespace, participant))
     result: Row = row
     return result
 
 
 def _deleted(namespace: str, participant: str) -> errors.ApiError:
-    return errors.failed_precondition(
-        Reason.PARTICIPANT_DELETED,
-        f"participant {names.participant_name(namespace, participant)!r} is deleted",
-        resource_name=names.participant_name(namespace, participant),
+    name = names.participant_name(namespace, participant)
+    return errors.ApiError(
+        Reason.PARTICIPANT_DELETED, f"participant {name!r} is deleted", metadata={"resource_name": name}
     )

@@ -3,12 +3,11 @@ find-or-create) are one statement each plus the transaction around them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-import grpc
 from sqlalchemy import (
     ColumnElement,
     and_,
@@ -28,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
 from tether.server.db.base import Database, Prepared, Row, constraint_kind, utcnow
-from tether.server.db.guard import NO_GUARD, Guard
 from tether.server.db.schema import UTCDateTime, members, namespaces, participants, sessions
-from tether.server.errors import Reason
+from tether.server.db.write_condition import WriteCondition
+from tether.server.errors import Reason, Resource
 from tether.v1 import participant_pb2, session_pb2
 
 _KIND_NAMES: dict[int, str] = {
@@ -186,7 +185,7 @@ def _key(namespace: str, session: str) -> dict[str, str]:
 async def get(db: Database, namespace: str, session: str) -> Row:
     row = await db.first(_GET, _key(namespace, session))
     if row is None:
-        raise errors.not_found(_name(namespace, session), "session")
+        raise errors.not_found(Resource.SESSION, _name(namespace, session))
     return row
 
 
@@ -198,7 +197,6 @@ async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Ro
     missing = [i for i in ids if i not in rows]
     if missing:
         raise errors.ApiError(
-            grpc.StatusCode.NOT_FOUND,
             Reason.SESSION_NOT_FOUND,
             f"{len(missing)} session(s) not found: " + ", ".join(_name(namespace, m) for m in missing[:10]),
             metadata={"resource_name": _name(namespace, missing[0])},
@@ -287,7 +285,7 @@ async def create(
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             await _raise_create_conflict(conn, values)
-            raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+            raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
         await conn.execute(db.insert(members), member_rows(values))
     return row
 
@@ -304,7 +302,7 @@ async def _create_in_one_statement(
             await check_participants(conn, values["namespace"], refs)
             await _raise_create_conflict(conn, values)
         # Nothing in the way any more (it changed meanwhile): try again.
-    raise errors.aborted(Reason.CONCURRENT_CHANGE, "the participants changed concurrently; retry")
+    raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the participants changed concurrently; retry")
 
 
 def _create_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -328,15 +326,22 @@ async def find_or_create(
     values: dict[str, Any],
     refs: Sequence[ParticipantRef],
     *,
+    fixed: Mapping[str, Any],
     undelete_if_deleted: bool,
 ) -> tuple[Row, bool]:
     """The live session for a key, else a restored or new one. Atomic: the
-    insert is guarded by the key's partial unique index."""
+    insert is guarded by the key's partial unique index.
+
+    `fixed`: the columns fixed at creation that the caller's template sets, with
+    its values. A session found (or restored) with other values is refused
+    (TEMPLATE_MISMATCH), whichever caller created it: every found row is
+    compared after it is read, and a restore is compared before its
+    transaction commits."""
     existing = await db.first(target.lookup, target.params)  # the hot path: the key usually exists
     if existing is not None:
-        return existing, False
+        return _matching(existing, fixed), False
     if db.is_postgresql and not undelete_if_deleted:
-        return await _create_or_find(db, target, values, refs)
+        return await _create_or_find(db, target, values, refs, fixed)
     insert = (
         db.insert(sessions)
         .values(values)
@@ -348,11 +353,11 @@ async def find_or_create(
             async with db.transaction() as conn:
                 found = (await conn.execute(target.lookup.statement, target.params)).mappings().first()
                 if found is not None:
-                    return found, False
+                    return _matching(found, fixed), False
                 if undelete_if_deleted:
                     restored = await _undelete_latest(conn, target)
                     if restored is not None:
-                        return restored, True
+                        return _matching(restored, fixed), True  # a mismatch rolls the restore back
                 await check_participants(conn, values["namespace"], refs)
                 created = (await conn.execute(insert)).mappings().first()
                 if created is not None:
@@ -360,17 +365,21 @@ async def find_or_create(
                     return created, True
                 found = (await conn.execute(target.lookup.statement, target.params)).mappings().first()
                 if found is not None:
-                    return found, False
+                    return _matching(found, fixed), False
         except IntegrityError as exc:
             # A concurrent caller created the live session while we restored an
             # old one; the next round finds theirs.
             if constraint_kind(exc) != "unique":
                 raise
-    raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+    raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
 async def _create_or_find(
-    db: Database, target: ConflictTarget, values: dict[str, Any], refs: Sequence[ParticipantRef]
+    db: Database,
+    target: ConflictTarget,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    fixed: Mapping[str, Any],
 ) -> tuple[Row, bool]:
     """PostgreSQL, after the lookup missed: the one-statement create, whose ON
     CONFLICT on the key's unique index lets a concurrent creator win; then
@@ -382,10 +391,37 @@ async def _create_or_find(
             return created, True
         found = await db.first(target.lookup, target.params)
         if found is not None:
-            return found, False
+            return _matching(found, fixed), False
         async with db.read() as conn:  # refused, and not for the key: say why
             await check_participants(conn, values["namespace"], refs)
-    raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+    raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+
+
+def _matching(row: Row, fixed: Mapping[str, Any]) -> Row:
+    """`row`, unless it contradicts what the template fixes (TEMPLATE_MISMATCH)."""
+    wrong = [column for column, value in fixed.items() if row[column] != value]
+    if not wrong:
+        return row
+    name = _name(row["namespace"], row["session"])
+    paths = [f"session.{column}" for column in wrong]
+    shown = "; ".join(
+        f"{path} is {_shown(row, column, row[column])} there, "
+        f"{_shown(row, column, fixed[column])} in the template"
+        for path, column in zip(paths, wrong, strict=True)
+    )
+    raise errors.ApiError(
+        Reason.TEMPLATE_MISMATCH,
+        f"the session {name!r} found for this key contradicts the template ({shown}); kind, user and "
+        "peer_agent are fixed at creation: leave them out of the template to accept this session",
+        metadata={"resource_name": name, "fields": ",".join(paths)},
+    )
+
+
+def _shown(row: Row, column: str, value: Any) -> str:
+    """A session column's value as a caller knows it: a kind name, a participant name."""
+    if column == "kind":
+        return session_pb2.Session.Kind.Name(value).removeprefix("KIND_")
+    return repr(names.participant_name(row["namespace"], value)) if value else "unset"
 
 
 async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row | None:
@@ -416,7 +452,7 @@ async def record_activity(db: Database, namespace: str, session: str, when: date
     if row is None:
         # Why not: missing, deleted or disabled (if it changed since, the caller retries).
         _raise_not_live(await get(db, namespace, session))
-        raise errors.aborted(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+        raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
     return row
 
 
@@ -426,21 +462,21 @@ async def update_session(
     session: str,
     values: dict[str, Any],
     unchanged: dict[str, Any],
-    guard: Guard = NO_GUARD,
+    condition: WriteCondition,
 ) -> Row:
     """Write `values` in one conditional statement. Every column in `unchanged`
     must still hold its value (immutable fields the caller sent back), the etag
     must match, the session must be live and enabled (unless this very update
     enables it), and only a GROUP session takes a non-empty group_name."""
     if not values:
-        return await _check_unchanged(db, namespace, session, unchanged, guard)
+        return await _check_unchanged(db, namespace, session, unchanged, condition)
     conditions = [_pk(namespace, session), sessions.c.delete_time.is_(None)]
     conditions += [sessions.c[column] == value for column, value in unchanged.items()]
     if values.get("enabled") is not True:
         conditions.append(sessions.c.enabled.is_(True))
     if values.get("group_name"):
         conditions.append(sessions.c.kind == session_pb2.Session.KIND_GROUP)
-    conditions += guard.conditions(sessions)
+    conditions += condition.clauses(sessions)
     stmt = (
         update(sessions)
         .where(*conditions)
@@ -451,7 +487,7 @@ async def update_session(
         async with db.statement() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                _explain_refused_update(await get_in(conn, namespace, session), values, unchanged, guard)
+                _explain_refused_update(await get_in(conn, namespace, session), values, unchanged, condition)
     except IntegrityError as exc:
         if constraint_kind(exc) == "unique":
             raise _conversation_taken() from None
@@ -461,10 +497,10 @@ async def update_session(
 
 
 def _explain_refused_update(
-    current: Row, values: dict[str, Any], unchanged: dict[str, Any], guard: Guard
+    current: Row, values: dict[str, Any], unchanged: dict[str, Any], condition: WriteCondition
 ) -> NoReturn:
     """Why the conditional UPDATE matched no row (it exists: `current`)."""
-    guard.check(_name(current["namespace"], current["session"]), current)
+    condition.check(_name(current["namespace"], current["session"]), current)
     if current["delete_time"] is not None:
         raise _deleted(current)
     if not current["enabled"] and values.get("enabled") is not True:
@@ -482,23 +518,23 @@ def _immutable_changes(current: Row, unchanged: dict[str, Any]) -> list[errors.F
 
 
 async def _check_unchanged(
-    db: Database, namespace: str, session: str, unchanged: dict[str, Any], guard: Guard
+    db: Database, namespace: str, session: str, unchanged: dict[str, Any], condition: WriteCondition
 ) -> Row:
     """An update that writes nothing: only check what the caller sent back."""
     async with db.read() as conn:
         current = await get_in(conn, namespace, session)
-    guard.check(_name(namespace, session), current)
+    condition.check(_name(namespace, session), current)
     bad = _immutable_changes(current, unchanged)
     if bad:
         raise errors.invalid_argument(bad, reason=Reason.IMMUTABLE_FIELD)
     return current
 
 
-async def soft_delete(db: Database, namespace: str, session: str, guard: Guard = NO_GUARD) -> Row:
+async def soft_delete(db: Database, namespace: str, session: str, condition: WriteCondition) -> Row:
     now = utcnow()
     stmt = (
         update(sessions)
-        .where(_pk(namespace, session), sessions.c.delete_time.is_(None), *guard.conditions(sessions))
+        .where(_pk(namespace, session), sessions.c.delete_time.is_(None), *condition.clauses(sessions))
         .values(
             delete_time=now, purge_time=now + db.retention, update_time=now, version=sessions.c.version + 1
         )
@@ -508,16 +544,16 @@ async def soft_delete(db: Database, namespace: str, session: str, guard: Guard =
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             current = await get_in(conn, namespace, session)
-            guard.check(_name(namespace, session), current)
+            condition.check(_name(namespace, session), current)
             raise _deleted(current)
     assert row is not None
     return row
 
 
-async def undelete(db: Database, namespace: str, session: str, guard: Guard = NO_GUARD) -> Row:
+async def undelete(db: Database, namespace: str, session: str, condition: WriteCondition) -> Row:
     stmt = (
         update(sessions)
-        .where(_pk(namespace, session), sessions.c.delete_time.is_not(None), *guard.conditions(sessions))
+        .where(_pk(namespace, session), sessions.c.delete_time.is_not(None), *condition.clauses(sessions))
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=sessions.c.version + 1)
         .returning(sessions)
     )
@@ -526,9 +562,9 @@ async def undelete(db: Database, namespace: str, session: str, guard: Guard = NO
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 current = await get_in(conn, namespace, session)
-                guard.check(_name(namespace, session), current)
+                condition.check(_name(namespace, session), current)
                 raise errors.already_exists(
-                    _name(namespace, session), "session", message="session is not deleted"
+                    Resource.SESSION, _name(namespace, session), message="session is not deleted"
                 )
     except IntegrityError as exc:
         if constraint_kind(exc) == "unique":
@@ -553,10 +589,9 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
     missing = [ref for ref in refs if ref.participant not in found]
     if missing:
         if not await _namespace_exists(conn, namespace):
-            raise errors.not_found(names.namespace_name(namespace), "namespace")
+            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(namespace))
         ref = missing[0]
         raise errors.ApiError(
-            grpc.StatusCode.NOT_FOUND,
             Reason.PARTICIPANT_NOT_FOUND,
             f"{ref.field}: participant {names.participant_name(namespace, ref.participant)!r} not found",
             metadata={
@@ -565,13 +600,14 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
             },
         )
     wrong_kind = [
-        errors.FieldViolation(ref.field, f"must be an {_KIND_NAMES.get(ref.kind, '?')} participant")
+        errors.FieldViolation(
+            ref.field, f"must be {errors.with_article(_KIND_NAMES.get(ref.kind, '?'))} participant"
+        )
         for ref in refs
         if ref.kind and found[ref.participant].kind != ref.kind
     ]
     if wrong_kind:
         raise errors.ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT,
             Reason.WRONG_PARTICIPANT_KIND,
             "; ".join(f"{v.field}: {v.description}" for v in wrong_kind),
             violations=wrong_kind,
@@ -580,16 +616,16 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
         row = found[ref.participant]
         name = names.participant_name(namespace, ref.participant)
         if row.delete_time is not None:
-            raise errors.failed_precondition(
+            raise errors.ApiError(
                 Reason.PARTICIPANT_DELETED,
                 f"{ref.field}: participant {name!r} is deleted",
-                resource_name=name,
+                metadata={"resource_name": name},
             )
         if not row.enabled:
-            raise errors.failed_precondition(
+            raise errors.ApiError(
                 Reason.PARTICIPANT_DISABLED,
                 f"{ref.field}: participant {name!r} is disabled",
-                resource_name=name,
+                metadata={"resource_name": name},
             )
 
 
@@ -603,7 +639,7 @@ async def get_in(conn: AsyncConnection, namespace: str, session: str, *, lock: b
     stmt = _GET_FOR_UPDATE if lock else _SELECT_BY_KEY
     row: Row | None = (await conn.execute(stmt, _key(namespace, session))).mappings().first()
     if row is None:
-        raise errors.not_found(_name(namespace, session), "session")
+        raise errors.not_found(Resource.SESSION, _name(namespace, session))
     return row
 
 
@@ -619,21 +655,20 @@ def _raise_not_live(row: Row) -> None:
         raise _deleted(row)
     if not row["enabled"]:
         name = _name(row["namespace"], row["session"])
-        raise errors.failed_precondition(
-            Reason.SESSION_DISABLED, f"session {name!r} is disabled", resource_name=name
+        raise errors.ApiError(
+            Reason.SESSION_DISABLED, f"session {name!r} is disabled", metadata={"resource_name": name}
         )
 
 
 def _deleted(row: Row) -> errors.ApiError:
     name = _name(row["namespace"], row["session"])
-    return errors.failed_precondition(
-        Reason.SESSION_DELETED, f"session {name!r} is deleted", resource_name=name
+    return errors.ApiError(
+        Reason.SESSION_DELETED, f"session {name!r} is deleted", metadata={"resource_name": name}
     )
 
 
 def _conversation_taken() -> errors.ApiError:
     return errors.ApiError(
-        grpc.StatusCode.ALREADY_EXISTS,
         Reason.CONVERSATION_ALREADY_EXISTS,
         "a live session already has this agent + channel + external_conversation_id (or agent pair)",
     )
@@ -644,7 +679,7 @@ async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) 
     live session has its conversation or agent pair. Returns if neither holds."""
     namespace, session = values["namespace"], values["session"]
     if (await conn.execute(select(sessions.c.uid).where(_pk(namespace, session)))).first() is not None:
-        raise errors.already_exists(_name(namespace, session), "session")
+        raise errors.already_exists(Resource.SESSION, _name(namespace, session))
     live_keys = []
     if values.get("external_conversation_id") is not None:
         live_keys.append(

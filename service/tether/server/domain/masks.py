@@ -22,8 +22,11 @@ class FieldRules:
 
 @dataclass(frozen=True)
 class ResolvedMask:
-    """`mutable`: fields to write. `immutable`: immutable fields the request set,
-    which the write must find unchanged (else INVALID_ARGUMENT)."""
+    """`mutable`: fields to write. `immutable`: immutable fields the request sets
+    (or its mask names), which the write must find unchanged.
+
+    One rule for immutable fields, with or without a mask (AIP-203): sending the
+    stored value is no change, any other value is IMMUTABLE_FIELD naming the field."""
 
     mutable: frozenset[str]
     immutable: frozenset[str]
@@ -35,7 +38,8 @@ def resolve(
     rules: FieldRules,
     resource_path: str,
 ) -> ResolvedMask:
-    """Absent mask: the fields set in `resource`; `*`: every mutable field."""
+    """Absent mask: the fields set in `resource`; `*`: every mutable field; else the
+    paths named, where an immutable path holds the value the field must still have."""
     if mask is None:
         present = {descriptor.name for descriptor, _ in resource.ListFields()}
         return ResolvedMask(frozenset(present & rules.mutable), frozenset(present & rules.immutable))
@@ -51,11 +55,9 @@ def resolve(
         quoted = repr(shorten(path, 80))
         if path in rules.output_only or path in ("name", "uid", "etag"):
             violations.add("update_mask", f"{quoted} is output only")
-        elif path in rules.immutable:
-            violations.add("update_mask", f"{quoted} is immutable")
-        elif path not in rules.mutable:
+        elif path not in rules.mutable and path not in rules.immutable:
             violations.add("update_mask", f"unknown field {quoted} of {resource_path}")
     if not paths:
         violations.add("update_mask", "must name at least one field")
     violations.check()
-    return ResolvedMask(frozenset(paths), frozenset())
+    return ResolvedMask(frozenset(paths) & rules.mutable, frozenset(paths) & rules.immutable)

@@ -21,7 +21,7 @@ from tether.server.domain.validation import (
     Violations,
     timestamp_in_range,
 )
-from tether.server.errors import ApiError, shorten
+from tether.server.errors import ApiError, shorten, with_article
 from tether.v1 import participant_pb2, session_pb2, session_service_pb2
 
 Session = session_pb2.Session
@@ -83,7 +83,8 @@ def participant_id(value: str, namespace: str, path: str, v: Violations) -> str 
     try:
         ref = names.parse_participant(value, path)
     except ApiError:
-        v.add(path, f"must be a participant name namespaces/{namespace}/participants/{{participant}}")
+        shown = namespace or "{namespace}"  # "" when the request's namespace is itself invalid
+        v.add(path, f"must be a participant name namespaces/{shown}/participants/{{participant}}")
         return None
     if namespace and ref.namespace != namespace:
         v.add(path, f"must be a participant of namespace {names.namespace_name(namespace)!r}")
@@ -163,14 +164,17 @@ def _check_kind_rules(
         if not s.user:
             v.add(f"{path}.user", "required for a DIRECT session")
     elif s.user:
-        v.add(f"{path}.user", f"must be empty for a {KINDS.get(kind, 'non-DIRECT')} session")
+        v.add(f"{path}.user", f"must be empty for {with_article(KINDS.get(kind, 'non-DIRECT'))} session")
     if kind == Session.KIND_AGENT_TO_AGENT:
         if not s.peer_agent:
             v.add(f"{path}.peer_agent", "required for an AGENT_TO_AGENT session")
         elif peer is not None and peer == agent:
             v.add(f"{path}.peer_agent", "must differ from agent")
     elif s.peer_agent:
-        v.add(f"{path}.peer_agent", f"must be empty for a {KINDS.get(kind, 'non-AGENT_TO_AGENT')} session")
+        v.add(
+            f"{path}.peer_agent",
+            f"must be empty for {with_article(KINDS.get(kind, 'non-AGENT_TO_AGENT'))} session",
+        )
     if s.group_name and kind != Session.KIND_GROUP:
         v.add(f"{path}.group_name", "only GROUP sessions have a group_name")
 
@@ -251,6 +255,24 @@ def template_for_key(
     else:
         v.add("key", "one of external_conversation or agent_pair is required")
     return template
+
+
+# What a FindOrCreateSession template may fix that its key does not: a session the
+# key finds must have the template's value of each of these it sets.
+_TEMPLATE_FIXED = ("kind", "user", "peer_agent")
+
+
+def template_fixed(
+    request: session_service_pb2.FindOrCreateSessionRequest, values: dict[str, Any]
+) -> dict[str, Any]:
+    """The columns fixed at creation that the request's template sets itself,
+    with their values (from `values`, the new session's row): what a session the
+    key finds must match, else TEMPLATE_MISMATCH. The key's own fields (agent;
+    the pair, whichever order) and creation-only fields (display_name, labels,
+    group_name, ...) never count; nor does a kind the template leaves unset."""
+    key_fields = {"agent", "peer_agent"} if request.WhichOneof("key") == "agent_pair" else {"agent"}
+    template = request.session
+    return {f: values[f] for f in _TEMPLATE_FIXED if f not in key_fields and getattr(template, f)}
 
 
 def _fill(template: Session, field: str, key_value: str, key_path: str, v: Violations) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from tether.server import names
@@ -55,7 +54,6 @@ class Violations:
         if self.oversize:
             message = "; ".join(f"{v.field}: {v.description}" for v in self.oversize)
             raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 Reason.SIZE_LIMIT_EXCEEDED,
                 message,
                 violations=self.oversize,

@@ -21,14 +21,16 @@ def managed_refused(resource_name: str) -> errors.ApiError:
 
 
 @dataclass(frozen=True)
-class Guard:
+class WriteCondition:
     """The caller's etag, if it sent one (AIP-154), and whether it may change
-    managed resources (system and admin principals may)."""
+    managed resources (system and admin principals may). Every write to an
+    existing resource takes one: there is no default, so no write forgets the
+    managed check."""
 
-    expected: Etag | None = None
-    may_manage: bool = True
+    expected: Etag | None
+    may_manage: bool
 
-    def conditions(self, table: Table) -> list[ColumnElement[bool]]:
+    def clauses(self, table: Table) -> list[ColumnElement[bool]]:
         """SQL conditions for an UPDATE/DELETE of a row of `table`."""
         found: list[ColumnElement[bool]] = []
         etag_condition = etags.condition(table.c.uid, table.c.version, self.expected)
@@ -39,11 +41,7 @@ class Guard:
         return found
 
     def check(self, resource_name: str, row: Any) -> None:
-        """After a guarded write matched no row: raise why, if it was the guard."""
+        """After a conditional write matched no row: raise why, if it was this condition."""
         if not self.may_manage and row["managed"]:
             raise managed_refused(resource_name)
         etags.check(resource_name, row, self.expected)
-
-
-NO_GUARD = Guard()
-"""An unconditional write by a caller who may change anything."""
