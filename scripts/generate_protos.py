@@ -49,6 +49,10 @@ def generate(out_root: Path) -> None:
         raise SystemExit("protoc failed")
     init = out_root / PACKAGE_DIR / "__init__.py"
     init.write_text('"""Generated wire types and stubs of the tether.v1 API. Do not edit."""\n')
+    # PEP 561: without this marker, mypy outside the repo ignores the .pyi stubs and every
+    # message a caller builds or gets back is Any. `tether` is a namespace package, so the
+    # marker goes in each leaf package (tether/client has its own).
+    (out_root / PACKAGE_DIR / "py.typed").write_text("")
 
 
 def differences(a: Path, b: Path) -> list[str]:

@@ -7,11 +7,12 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tests.support.errors import expect_error
 from tether.client import (
     InvalidArgumentError,
     Member,
-    NotFoundError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
     TetherError,
@@ -30,9 +31,8 @@ def test_error_info_and_violations(client: SessionsClient, parent: str) -> None:
 
 def test_not_found_carries_resource_name(client: SessionsClient, parent: str) -> None:
     name = f"{parent}/sessions/missing"
-    with pytest.raises(NotFoundError) as info:
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND) as info:
         client.get_session(name=name)
-    assert info.value.reason == "SESSION_NOT_FOUND"
     assert info.value.metadata["resource_name"] == name
 
 
@@ -69,7 +69,5 @@ def test_bad_input_is_never_internal(client: SessionsClient, parent: str, call: 
 
 
 def test_unimplemented_rpcs_say_so(client: SessionsClient, parent: str) -> None:
-    with pytest.raises(TetherError) as info:
+    with expect_error(grpc.StatusCode.UNIMPLEMENTED, Reason.NOT_IMPLEMENTED):
         next(iter(client.watch_sessions(parent=parent)))
-    assert info.value.code == grpc.StatusCode.UNIMPLEMENTED
-    assert info.value.reason == "NOT_IMPLEMENTED"

@@ -7,14 +7,17 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
+import grpc
 import pytest
 
+from tests.support.errors import expect_error
 from tether.client import (
     AbortedError,
     AsyncSessionsClient,
     Member,
     Namespace,
     Participant,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -26,9 +29,8 @@ def agent(client: SessionsClient, parent: str) -> Participant:
 
 
 def _assert_mismatch(call: Callable[[], object]) -> None:
-    with pytest.raises(AbortedError) as info:
+    with expect_error(grpc.StatusCode.ABORTED, Reason.ETAG_MISMATCH) as info:
         call()
-    assert info.value.reason == "ETAG_MISMATCH"
     assert info.value.metadata["etag"]
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
+from tests.support.errors import expect_error
 from tether.client import (
     AsyncSessionsClient,
     FindOrCreateSessionRequest,
-    InvalidArgumentError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -68,10 +70,15 @@ def test_template_contradicting_key_is_invalid(
     client: SessionsClient, parent: str, agent: str, peer: str
 ) -> None:
     key = Conversation(agent=agent, channel="slack", conversation_id="c")
-    for template in (Session(agent=peer), Session(channel="web"), Session(external_conversation_id="other")):
-        with pytest.raises(InvalidArgumentError):
+    contradictions = [
+        (Session(agent=peer), "session.agent"),
+        (Session(channel="web"), "session.channel"),
+        (Session(external_conversation_id="other"), "session.external_conversation_id"),
+    ]
+    for template, field in contradictions:
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=[field]):
             client.find_or_create_session(parent=parent, external_conversation=key, session=template)
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.kind"]):
         client.find_or_create_session(
             parent=parent,
             agent_pair=AgentPair(agent=agent, peer_agent=peer),
@@ -88,7 +95,9 @@ def test_agent_pair_is_unordered(client: SessionsClient, parent: str, agent: str
     ba = client.find_or_create_session(parent=parent, agent_pair=AgentPair(agent=peer, peer_agent=agent))
     assert ba.created is False
     assert ba.session.name == ab.session.name
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.peer_agent"]
+    ):
         client.find_or_create_session(parent=parent, agent_pair=AgentPair(agent=agent, peer_agent=agent))
 
 

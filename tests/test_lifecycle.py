@@ -16,15 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 
 from tests.support.databases import DatabaseBackend, PostgresBackend, libpq_url
+from tests.support.errors import expect_error
 from tests.support.server import ServerFactory
 from tests.support.tools import DEADLINE_SECONDS, describe, run_tool, wait_until
 from tether.client import (
-    DeadlineExceededError,
-    NotFoundError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
-    UnavailableError,
 )
 from tether.server.db.migrate import schema_drift
 
@@ -81,9 +80,8 @@ def test_health_follows_the_database(
             lambda: client.record_activity(name=session.name),
         ]
         for call in calls:
-            with pytest.raises(UnavailableError) as info:
+            with expect_error(grpc.StatusCode.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE):
                 call()
-            assert info.value.reason == "DATABASE_UNAVAILABLE"
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(dbname))
         _next_status(health, SERVING)
     assert client.get_namespace(name="namespaces/default").name == "namespaces/default"
@@ -124,7 +122,7 @@ def test_a_cancelled_call_does_not_pass_on_a_busy_connection(server_factory: Ser
         blocker.execute(
             "SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session.name.rsplit("/", 1)[1],)
         )
-        with pytest.raises(DeadlineExceededError):
+        with expect_error(grpc.StatusCode.DEADLINE_EXCEEDED, ""):
             client.record_activity(name=session.name, timeout=1.0)
         # The lock is still held: the abandoned statement must not be left waiting on it.
         wait_until(lambda: _lock_waiters(url) == 0, "the abandoned statement to go away")
@@ -170,7 +168,7 @@ def test_one_log_line_per_rpc(server_factory: ServerFactory) -> None:
     server = server_factory()
     with SessionsClient(server.target) as client:
         client.get_namespace(name="namespaces/default")
-        with pytest.raises(NotFoundError):
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
             client.get_namespace(name="namespaces/missing")
     method = "/tether.v1.SessionService/GetNamespace"
     ok = server.wait_for_event("rpc", method=method, code="OK")

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from tests.support.errors import expect_error
 from tests.support.security import Credential, write_auth_file
 from tests.support.server import ServerFactory
 from tether.client import (
     Member,
     Participant,
-    PermissionDeniedError,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -39,9 +41,8 @@ def clients(server_factory: ServerFactory, tmp_path: Path) -> Iterator[dict[str,
 
 
 def _refused(call: Callable[[], object]) -> None:
-    with pytest.raises(PermissionDeniedError) as info:
+    with expect_error(grpc.StatusCode.PERMISSION_DENIED, Reason.MANAGED_RESOURCE):
         call()
-    assert info.value.reason == "MANAGED_RESOURCE"
 
 
 def test_only_system_sets_managed(clients: dict[str, SessionsClient]) -> None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
+import grpc
 
+from tests.support.errors import expect_error
 from tether.client import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
     Namespace,
-    NotFoundError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -34,10 +32,10 @@ def test_create_get_list_delete(client: SessionsClient) -> None:
     assert created.display_name == "Team"
     assert client.get_namespace(name=created.name) == created
     assert created.name in [n.name for n in client.list_namespaces(page_size=1)]
-    with pytest.raises(AlreadyExistsError):
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.NAMESPACE_ALREADY_EXISTS):
         client.create_namespace(namespace_id=ns_id)
     client.delete_namespace(name=created.name)
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
         client.get_namespace(name=created.name)
 
 
@@ -45,16 +43,15 @@ def test_validate_only_creates_nothing(client: SessionsClient) -> None:
     ns_id = f"ns-{uuid.uuid4().hex[:8]}"
     answer = client.create_namespace(namespace_id=ns_id, validate_only=True)
     assert answer.name == f"namespaces/{ns_id}"
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
         client.get_namespace(name=answer.name)
 
 
 def test_bad_namespace_id(client: SessionsClient) -> None:
     for bad in ("", "UPPER", "-lead", "a" * 64, "with_underscore"):
-        with pytest.raises(InvalidArgumentError) as info:
+        with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["namespace_id"]):
             client.create_namespace(namespace_id=bad)
-        assert [v.field for v in info.value.violations] == ["namespace_id"]
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["name"]):
         client.get_namespace(name="namespace/x")
 
 
@@ -62,10 +59,9 @@ def test_delete_non_empty_needs_force(client: SessionsClient) -> None:
     ns = client.create_namespace(namespace_id=f"ns-{uuid.uuid4().hex[:8]}").name
     agent = client.create_participant(parent=ns, participant=Participant(kind=Participant.KIND_AGENT)).name
     session = client.create_session(parent=ns, session=Session(kind=Session.KIND_TRIGGER, agent=agent)).name
-    with pytest.raises(FailedPreconditionError) as info:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.NAMESPACE_NOT_EMPTY):
         client.delete_namespace(name=ns)
-    assert info.value.reason == "NAMESPACE_NOT_EMPTY"
     assert client.get_session(name=session).name == session
     client.delete_namespace(name=ns, force=True)
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
         client.get_session(name=session)

@@ -3,13 +3,13 @@ removes exactly the matches (soft-deleted ones too) with their members."""
 
 from __future__ import annotations
 
-import pytest
+import grpc
 
+from tests.support.errors import expect_error
 from tether.client import (
-    InvalidArgumentError,
     Member,
-    NotFoundError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -38,7 +38,7 @@ def test_purge_dry_run_then_force(client: SessionsClient, parent: str) -> None:
     done = client.purge_sessions(parent=parent, filter="labels.purge = yes", force=True)
     assert done.purge_count == 3
     for name in doomed:
-        with pytest.raises(NotFoundError):
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
             client.get_session(name=name)
     assert client.get_session(name=kept).name == kept
     assert client.get_participant(name=user).name == user  # participants stay
@@ -46,11 +46,9 @@ def test_purge_dry_run_then_force(client: SessionsClient, parent: str) -> None:
 
 
 def test_purge_needs_a_filter_and_a_namespace(client: SessionsClient, parent: str) -> None:
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["filter"]):
         client.purge_sessions(parent=parent, filter="")
-    assert [v.field for v in info.value.violations] == ["filter"]
-    with pytest.raises(InvalidArgumentError) as bad:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_FILTER, fields=["filter"]):
         client.purge_sessions(parent=parent, filter="kind = NOPE")
-    assert bad.value.reason == "INVALID_FILTER"
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
         client.purge_sessions(parent="namespaces/no-such-namespace", filter="*")

@@ -7,18 +7,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import grpc
 import pytest
 
+from tests.support.errors import expect_error
 from tests.support.server import ServerFactory
 from tether.client import (
-    AlreadyExistsError,
     AsyncSessionsClient,
     ExternalConversation,
-    FailedPreconditionError,
-    InvalidArgumentError,
     Member,
-    NotFoundError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -52,23 +51,22 @@ def test_reuse_with_another_payload_is_a_conflict(client: SessionsClient, parent
     client.create_session(
         parent=parent, session=Session(kind=Session.KIND_TRIGGER, agent=agent), request_id=rid
     )
-    with pytest.raises(FailedPreconditionError) as info:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.REQUEST_ID_CONFLICT):
         client.create_session(
             parent=parent, session=Session(kind=Session.KIND_GROUP, agent=agent), request_id=rid
         )
-    assert info.value.reason == "REQUEST_ID_CONFLICT"
-    with pytest.raises(FailedPreconditionError):  # another method, same id
+    # Another method, same id.
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.REQUEST_ID_CONFLICT):
         client.create_participant(
             parent=parent, participant=Participant(kind=Participant.KIND_USER), request_id=rid
         )
 
 
 def test_request_id_must_be_a_uuid(client: SessionsClient, parent: str, agent: str) -> None:
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["request_id"]):
         client.create_session(
             parent=parent, session=Session(kind=Session.KIND_TRIGGER, agent=agent), request_id="retry-1"
         )
-    assert [v.field for v in info.value.violations] == ["request_id"]
 
 
 def test_every_creating_rpc_replays(client: SessionsClient, parent: str, agent: str) -> None:
@@ -101,7 +99,8 @@ def test_every_creating_rpc_replays(client: SessionsClient, parent: str, agent: 
     member = Member(participant=first.participant.name)
     added = client.add_member(parent=made.session.name, member=member, request_id=rid)
     assert client.add_member(parent=made.session.name, member=member, request_id=rid) == added
-    with pytest.raises(AlreadyExistsError):  # a new request id is a new call
+    # A new request id is a new call.
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.MEMBER_ALREADY_EXISTS):
         client.add_member(parent=made.session.name, member=member, request_id=_rid())
 
 
@@ -109,7 +108,7 @@ def test_a_failed_call_is_not_remembered(client: SessionsClient, parent: str) ->
     rid = _rid()
     agent = f"{parent}/participants/late"
     session = Session(kind=Session.KIND_TRIGGER, agent=agent)
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.PARTICIPANT_NOT_FOUND):
         client.create_session(parent=parent, session=session, request_id=rid)
     client.create_participant(
         parent=parent, participant_id="late", participant=Participant(kind=Participant.KIND_AGENT)

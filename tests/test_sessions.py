@@ -6,17 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 
+from tests.support.errors import expect_error
 from tether.client import (
-    AlreadyExistsError,
-    FailedPreconditionError,
     InvalidArgumentError,
     Member,
-    NotFoundError,
     Participant,
+    Reason,
     Session,
     SessionsClient,
 )
@@ -71,56 +71,59 @@ def test_create_each_kind(client: SessionsClient, parent: str, agent: str, peer:
 
 
 def test_kind_rules_report_every_field(client: SessionsClient, parent: str, agent: str, user: str) -> None:
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_ARGUMENT,
+        fields=["session.user", "session.peer_agent", "session.channel"],
+    ):
         client.create_session(
             parent=parent,
             session=Session(kind=GROUP, agent=agent, user=user, peer_agent=agent, channel="Bad!"),
         )
-    fields = {v.field for v in info.value.violations}
-    assert {"session.user", "session.peer_agent", "session.channel"} <= fields
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.user"]):
         client.create_session(parent=parent, session=Session(kind=DIRECT, agent=agent))
-    assert {v.field for v in info.value.violations} == {"session.user"}
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.kind"]):
         client.create_session(parent=parent, session=Session(agent=agent))
-    assert "session.kind" in {v.field for v in info.value.violations}
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.peer_agent"]
+    ):
         client.create_session(parent=parent, session=Session(kind=A2A, agent=agent, peer_agent=agent))
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.group_name"]
+    ):
         client.create_session(parent=parent, session=Session(kind=TRIGGER, agent=agent, group_name="g"))
 
 
 def test_participant_kinds_and_existence(client: SessionsClient, parent: str, agent: str, user: str) -> None:
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.WRONG_PARTICIPANT_KIND,
+        fields=["session.agent", "session.user"],
+    ):
         client.create_session(parent=parent, session=Session(kind=DIRECT, agent=user, user=agent))
-    assert info.value.reason == "WRONG_PARTICIPANT_KIND"
-    assert {v.field for v in info.value.violations} == {"session.agent", "session.user"}
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.PARTICIPANT_NOT_FOUND):
         client.create_session(
             parent=parent, session=Session(kind=GROUP, agent=f"{parent}/participants/ghost")
         )
     client.delete_participant(name=user)
-    with pytest.raises(FailedPreconditionError) as deleted:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.PARTICIPANT_DELETED):
         client.create_session(parent=parent, session=Session(kind=DIRECT, agent=agent, user=user))
-    assert deleted.value.reason == "PARTICIPANT_DELETED"
 
 
 def test_cross_namespace_reference_is_invalid(
     client: SessionsClient, parent: str, other_parent: str, agent: str
 ) -> None:
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.agent"]):
         client.create_session(parent=other_parent, session=Session(kind=GROUP, agent=agent))
-    assert [v.field for v in info.value.violations] == ["session.agent"]
 
 
 def test_duplicate_session_id_and_conversation(client: SessionsClient, parent: str, agent: str) -> None:
     s = Session(kind=GROUP, agent=agent, channel="slack", external_conversation_id="C1")
     client.create_session(parent=parent, session_id="s1", session=s)
-    with pytest.raises(AlreadyExistsError):
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.SESSION_ALREADY_EXISTS):
         client.create_session(parent=parent, session_id="s1", session=Session(kind=GROUP, agent=agent))
-    with pytest.raises(AlreadyExistsError) as info:
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.CONVERSATION_ALREADY_EXISTS):
         client.create_session(parent=parent, session=s)
-    assert info.value.reason == "CONVERSATION_ALREADY_EXISTS"
     # Another channel is another conversation.
     client.create_session(
         parent=parent,
@@ -133,24 +136,22 @@ def test_create_refusals_leave_nothing_behind(
 ) -> None:
     """Each reason a create is refused, and that the refused id is still free."""
     client.update_participant(participant=Participant(name=user, enabled=False), update_mask=["enabled"])
-    with pytest.raises(FailedPreconditionError) as disabled:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.PARTICIPANT_DISABLED):
         client.create_session(
             parent=parent, session_id="x", session=Session(kind=DIRECT, agent=agent, user=user)
         )
-    assert disabled.value.reason == "PARTICIPANT_DISABLED"
     client.create_session(parent=parent, session=Session(kind=A2A, agent=agent, peer_agent=peer))
-    with pytest.raises(AlreadyExistsError) as pair:  # the unordered pair is taken
+    # The unordered pair is taken.
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.CONVERSATION_ALREADY_EXISTS):
         client.create_session(
             parent=parent, session_id="x", session=Session(kind=A2A, agent=peer, peer_agent=agent)
         )
-    assert pair.value.reason == "CONVERSATION_ALREADY_EXISTS"
-    with pytest.raises(NotFoundError) as namespace:
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
         client.create_session(
             parent="namespaces/no-such-namespace",
             session=Session(kind=GROUP, agent="namespaces/no-such-namespace/participants/a"),
         )
-    assert namespace.value.reason == "NAMESPACE_NOT_FOUND"
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
         client.get_session(name=f"{parent}/sessions/x")
     state = struct_pb2.Struct()
     state.update({"step": 2, "tags": ["a", "b"], "nested": {"ok": True}})
@@ -183,19 +184,20 @@ def test_members(client: SessionsClient, parent: str, agent: str, user: str) -> 
     assert added.name == f"{session.name}/members/{friend.rsplit('/', 1)[1]}"
     assert added.role == Member.ROLE_OBSERVER
     assert client.get_session(name=session.name).member_count == 3
-    with pytest.raises(AlreadyExistsError):
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.MEMBER_ALREADY_EXISTS):
         client.add_member(parent=session.name, member=Member(participant=friend))
     updated = client.update_member(member=Member(name=added.name, role=Member.ROLE_OWNER))
     assert updated.role == Member.ROLE_OWNER
     assert updated.etag != added.etag
-    with pytest.raises(FailedPreconditionError) as info:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.AUTOMATIC_MEMBER):
         client.remove_member(name=f"{session.name}/members/agent")
-    assert info.value.reason == "AUTOMATIC_MEMBER"
     client.remove_member(name=added.name)
     assert client.get_session(name=session.name).member_count == 2
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.MEMBER_NOT_FOUND):
         client.remove_member(name=added.name)
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["member.participant"]
+    ):
         client.add_member(parent=session.name, member=Member(participant="namespaces/default/participants/x"))
     pages = list(client.list_members(parent=session.name, page_size=1))
     assert len(pages) == 2
@@ -221,13 +223,15 @@ def test_update_session(client: SessionsClient, parent: str, agent: str, user: s
     assert star.user == user
     with pytest.raises(InvalidArgumentError):
         client.update_session(session=Session(name=s.name), update_mask=["agent"])
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.IMMUTABLE_FIELD, fields=["session.kind"]):
         client.update_session(session=Session(name=s.name, kind=GROUP))
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.group_name"]
+    ):
         client.update_session(session=Session(name=s.name, group_name="g"))
     ttl = client.update_session(session=Session(name=s.name, ttl=Duration(seconds=3600)))
     assert ttl.expire_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) + timedelta(minutes=59)
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
         client.update_session(session=Session(name=f"{parent}/sessions/nope", display_name="x"))
 
 
@@ -246,13 +250,12 @@ def test_soft_delete_undelete_and_show_deleted(client: SessionsClient, parent: s
         lambda: client.delete_session(name=s.name),
     ]
     for call in calls:
-        with pytest.raises(FailedPreconditionError) as info:
+        with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.SESSION_DELETED):
             call()
-        assert info.value.reason == "SESSION_DELETED"
     restored = client.undelete_session(name=s.name)
     assert not restored.HasField("delete_time")
     assert restored.etag != deleted.etag
-    with pytest.raises(AlreadyExistsError):
+    with expect_error(grpc.StatusCode.ALREADY_EXISTS, Reason.SESSION_ALREADY_EXISTS):
         client.undelete_session(name=s.name)
 
 
@@ -268,10 +271,9 @@ def test_record_activity_only_moves_forward(client: SessionsClient, parent: str,
     now = client.record_activity(name=s.name)
     assert now.last_activity_time == moved.last_activity_time
     client.update_session(session=Session(name=s.name, enabled=False))
-    with pytest.raises(FailedPreconditionError) as info:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.SESSION_DISABLED):
         client.record_activity(name=s.name)
-    assert info.value.reason == "SESSION_DISABLED"
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
         client.record_activity(name=f"{parent}/sessions/missing")
 
 
@@ -280,9 +282,9 @@ def test_batch_get(client: SessionsClient, parent: str, agent: str) -> None:
     b = client.create_session(parent=parent, session=Session(kind=TRIGGER, agent=agent))
     got = client.batch_get_sessions(parent=parent, names=[b.name, a.name, b.name])
     assert [s.name for s in got.sessions] == [b.name, a.name, b.name]
-    with pytest.raises(NotFoundError):
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
         client.batch_get_sessions(parent=parent, names=[a.name, f"{parent}/sessions/missing"])
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["names[0]"]):
         client.batch_get_sessions(parent=parent, names=["namespaces/default/sessions/x"])
 
 
@@ -333,14 +335,13 @@ def test_page_token_is_bound_to_its_query(client: SessionsClient, parent: str, a
         client.create_session(parent=parent, session=Session(kind=TRIGGER, agent=agent))
     first = client.list_sessions_page(parent=parent, page_size=1)
     assert first.next_page_token
-    with pytest.raises(InvalidArgumentError) as info:
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_PAGE_TOKEN, fields=["page_token"]):
         client.list_sessions_page(
             parent=parent, page_size=1, page_token=first.next_page_token, filter="kind = TRIGGER"
         )
-    assert info.value.reason == "INVALID_PAGE_TOKEN"
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_PAGE_TOKEN, fields=["page_token"]):
         client.list_sessions_page(parent=parent, page_token="garbage")
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_PAGE_SIZE, fields=["page_size"]):
         client.list_sessions_page(parent=parent, page_size=-1)
 
 
@@ -349,9 +350,8 @@ def test_disabled_session_refuses_updates_until_enabled(
 ) -> None:
     s = client.create_session(parent=parent, session=Session(kind=TRIGGER, agent=agent))
     client.update_session(session=Session(name=s.name, enabled=False))
-    with pytest.raises(FailedPreconditionError) as info:
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.SESSION_DISABLED):
         client.update_session(session=Session(name=s.name, display_name="x"))
-    assert info.value.reason == "SESSION_DISABLED"
     enabled = client.update_session(session=Session(name=s.name, enabled=True, display_name="back"))
     assert enabled.enabled
     assert enabled.display_name == "back"

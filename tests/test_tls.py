@@ -8,12 +8,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
+from tests.support.errors import expect_error
 from tests.support.security import TlsFiles, make_tls_files
 from tests.support.server import SERVER_COMMAND, STARTUP_TIMEOUT_SECONDS, ServerFactory, ServerProcess
 from tests.support.tools import describe, run_tool
-from tether.client import NotFoundError, SessionsClient, UnavailableError
+from tether.client import Reason, SessionsClient
 
 DEFAULT = "namespaces/default"
 
@@ -56,7 +58,10 @@ def test_tls_handshake_health_and_grpcurl(server_factory: ServerFactory, tmp_pat
     assert server.wait_for_event("serving", 5, tls=True, mutual_tls=False) is not None
     with tls_client(server, files) as client:
         assert client.get_namespace(name=DEFAULT).name == DEFAULT
-    with SessionsClient(server.target, retry=False, timeout=5) as plaintext, pytest.raises(UnavailableError):
+    with (
+        SessionsClient(server.target, retry=False, timeout=5) as plaintext,
+        expect_error(grpc.StatusCode.UNAVAILABLE, ""),
+    ):
         plaintext.get_namespace(name=DEFAULT)
 
     checked = health(server, "--ca-file", str(files.ca))
@@ -91,7 +96,7 @@ def test_mutual_tls_requires_a_client_certificate(server_factory: ServerFactory,
     assert server.wait_for_event("serving", 5, tls=True, mutual_tls=True) is not None
     with tls_client(server, files, client_cert=True) as client:
         assert client.get_namespace(name=DEFAULT).name == DEFAULT
-    with tls_client(server, files) as anonymous, pytest.raises(UnavailableError):
+    with tls_client(server, files) as anonymous, expect_error(grpc.StatusCode.UNAVAILABLE, ""):
         anonymous.get_namespace(name=DEFAULT)
 
     ca = ["--ca-file", str(files.ca)]
@@ -189,7 +194,7 @@ def test_token_output_works_as_an_auth_file(server_factory: ServerFactory, tmp_p
     server = server_factory(env={"TETHER_AUTH_FILE": str(auth_file), "TETHER_LISTEN": "0.0.0.0:0"})
     with SessionsClient(server.target, token=token) as client:
         assert client.list_sessions_page(parent=DEFAULT).next_page_token == ""
-        with pytest.raises(NotFoundError):
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
             client.list_sessions_page(parent="namespaces/elsewhere")
     assert server.wait_for_event("auth_enabled", 5, principals=1) is not None
     assert token not in server.log_text()
