@@ -13,7 +13,6 @@ from google.protobuf.duration_pb2 import Duration
 
 from tests.support.errors import expect_error
 from tether.client import (
-    InvalidArgumentError,
     Member,
     Participant,
     Reason,
@@ -221,7 +220,7 @@ def test_update_session(client: SessionsClient, parent: str, agent: str, user: s
     assert dict(star.labels) == {}
     assert star.agent == agent
     assert star.user == user
-    with pytest.raises(InvalidArgumentError):
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.IMMUTABLE_FIELD, fields=["session.agent"]):
         client.update_session(session=Session(name=s.name), update_mask=["agent"])
     with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.IMMUTABLE_FIELD, fields=["session.kind"]):
         client.update_session(session=Session(name=s.name, kind=GROUP))
