@@ -184,12 +184,11 @@ def test_a_malformed_auth_file_stops_the_server(
 def test_token_output_works_as_an_auth_file(server_factory: ServerFactory, tmp_path: Path) -> None:
     printed = run_tool("tether", ["token", "--id", "ci-bot", "--role", "writer", "--namespace", "default"])
     assert printed.returncode == 0, describe(printed)
-    first, _, rest = printed.stdout.partition("\n")
-    token = first.removeprefix("token: ")
+    token = printed.stderr.partition("\n")[0].removeprefix("token: ")
     assert len(token) >= 43
-    assert token not in rest
+    assert token not in printed.stdout
     auth_file = tmp_path / "auth.toml"
-    auth_file.write_text(rest)
+    auth_file.write_text(printed.stdout)
     # An auth file also allows listening beyond loopback.
     server = server_factory(env={"TETHER_AUTH_FILE": str(auth_file), "TETHER_LISTEN": "0.0.0.0:0"})
     with SessionsClient(server.target, token=token) as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 
 import grpc
 import pytest
@@ -206,14 +206,13 @@ def test_a_wide_listen_address_needs_auth_tls_or_an_explicit_flag() -> None:
 
 
 def test_token_command_prints_lines_that_accept_its_token() -> None:
-    out = io.StringIO()
-    with redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
         assert (
             cli.main(["token", "--id", "svc", "--role", "system", "--namespace", "a", "--namespace", "b"])
             == 0
         )
-    first, _, rest = out.getvalue().partition("\n")
-    token = first.removeprefix("token: ")
-    principal = parse_auth_file(rest).lookup(token)
+    token = err.getvalue().partition("\n")[0].removeprefix("token: ")
+    principal = parse_auth_file(out.getvalue()).lookup(token)
     assert principal == Principal("svc", Role.SYSTEM, frozenset({"a", "b"}))
-    assert token not in rest
+    assert token not in out.getvalue()

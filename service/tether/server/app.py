@@ -51,7 +51,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server import auth
-from tether.server.config import Settings, is_loopback, split_host_port
+from tether.server.config import Settings, is_loopback, is_sqlite_memory, split_host_port
 from tether.server.db.base import Database
 from tether.server.db.engine import create_engine, ping
 from tether.server.db.migrate import migrate
@@ -164,9 +164,11 @@ class TetherServer:
     async def start(self) -> str:
         """Migrate if configured, bind, start serving; returns `host:port` as bound."""
         settings = self.settings
-        if settings.migrate_on_start:
-            await migrate(settings.database_url)
         self._engine = create_engine(settings)
+        if settings.migrate_on_start:
+            # An in-memory SQLite database exists only in the serving engine: migrate it there.
+            memory = is_sqlite_memory(settings.database_url)
+            await migrate(settings.database_url, engine=self._engine if memory else None)
         self._ping_engine = create_engine(settings, pool_size=1)
         self._server = self._build_server(self._engine)
         host, _ = split_host_port(settings.listen)

@@ -1,14 +1,14 @@
-"""`tether` command line: serve, migrate, health, token.
+"""`tether` command line: serve, migrate, health, token (and `tether --version`).
 
     tether serve   [--listen HOST:PORT] [--database-url URL] [--auth-file FILE] [--allow-insecure]
                    [--workers N] ...
     tether migrate [--database-url URL]
     tether health  [--target HOST:PORT] [--timeout SECONDS] [--service NAME]
                    [--tls] [--ca-file PEM] [--cert-file PEM --key-file PEM] [--server-name NAME]
-    tether token   --id ID [--role ROLE] [--namespace NS ...]
+    tether token   --id ID [--role ROLE] [--namespace NS ...] [--token-file FILE]
 
-Every `serve` flag overrides its `TETHER_*` environment variable (see
-`tether.server.config`). Exit codes: 0 success (health: SERVING), 1 failure
+Every `serve` flag overrides its `TETHER_*` environment variable; both are derived
+from the `Settings` fields (`tether.server.options`). Exit codes: 0 success (health: SERVING), 1 failure
 (health: anything else), 2 bad usage or configuration.
 
 `tether serve --workers N` (N > 1) supervises N server processes on one port
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -31,69 +33,36 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from tether.server import auth
+from tether.server import auth, options
 from tether.server.config import DEFAULT_LISTEN, WORKER_ENV, Settings, load_settings, split_host_port
 from tether.server.log import configure_logging, get_logger
+from tether.v1 import session_service_pb2
 
-# (flag, metavar, help) for the settings every command that touches the database shares.
-_DATABASE_FLAGS = (
-    ("--database-url", "URL", "database URL: sqlite:///FILE or postgresql://... [TETHER_DATABASE_URL]"),
-    ("--log-level", "LEVEL", "DEBUG, INFO, WARNING, ERROR [TETHER_LOG_LEVEL]"),
-    ("--log-format", "FORMAT", "json or console [TETHER_LOG_FORMAT]"),
-)
-_SERVE_FLAGS = (
-    ("--listen", "HOST:PORT", "HOST:PORT to listen on; port 0 picks one [TETHER_LISTEN]"),
-    ("--auth-file", "FILE", "principals TOML; SIGHUP reloads it [TETHER_AUTH_FILE]"),
-    ("--tls-cert-file", "FILE", "server certificate chain PEM: serve TLS [TETHER_TLS_CERT_FILE]"),
-    ("--tls-key-file", "FILE", "server private key PEM [TETHER_TLS_KEY_FILE]"),
-    (
-        "--tls-client-ca-file",
-        "FILE",
-        "client CA PEM: require client certificates [TETHER_TLS_CLIENT_CA_FILE]",
-    ),
-    ("--metrics-listen", "HOST:PORT", "HOST:PORT for metrics (not served yet) [TETHER_METRICS_LISTEN]"),
-    ("--retention", "DURATION", "how long deleted resources are kept: 30d, 12h, P30D [TETHER_RETENTION]"),
-    ("--request-id-ttl", "DURATION", "how long request ids are remembered: 24h [TETHER_REQUEST_ID_TTL]"),
-    ("--shutdown-grace", "SECONDS", "seconds in-flight calls get on SIGTERM [TETHER_SHUTDOWN_GRACE]"),
-    ("--db-pool-size", "N", "database connections [TETHER_DB_POOL_SIZE]"),
-    ("--health-interval", "SECONDS", "seconds between database pings [TETHER_HEALTH_INTERVAL]"),
-    (
-        "--sweep-interval",
-        "SECONDS",
-        "seconds between expiry/purge sweeps; 0 disables [TETHER_SWEEP_INTERVAL]",
-    ),
-    ("--workers", "N", "server processes sharing the port (SO_REUSEPORT); default 1 [TETHER_WORKERS]"),
-)
+# The services a Tether server reports health for, besides "" (the whole server).
+SESSION_SERVICE_NAME = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+
+# The settings of the commands that touch the database without serving; `serve` takes all.
+_DATABASE_SETTINGS = ("database_url", "log_level", "log_format")
 
 
-def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, str, str]]) -> None:
-    for flag, metavar, help_text in flags:
-        parser.add_argument(flag, metavar=metavar, help=help_text, default=None)
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tether")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="tether", description="Tether: conversation sessions over gRPC.")
+    parser.add_argument("--version", action="version", version=f"tether {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gRPC server")
-    _add_flags(serve, _SERVE_FLAGS + _DATABASE_FLAGS)
-    serve.add_argument(
-        "--migrate",
-        dest="migrate_on_start",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="apply migrations before serving (default: yes) [TETHER_MIGRATE_ON_START]",
-    )
-    serve.add_argument(
-        "--allow-insecure",
-        action="store_true",
-        default=None,
-        help="serve beyond loopback with neither auth file nor TLS [TETHER_ALLOW_INSECURE]",
-    )
+    options.add_options(serve)
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
-    _add_flags(migrate, _DATABASE_FLAGS)
+    options.add_options(migrate, _DATABASE_SETTINGS)
 
     health = commands.add_parser("health", help="check a running server; exit 0 when SERVING")
     health.add_argument(
@@ -105,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_health_tls_flags(health)
 
-    token = commands.add_parser("token", help="print a new bearer token and its [[principal]] lines")
+    token = commands.add_parser(
+        "token", help="make a bearer token (to stderr) and print its [[principal]] lines (to stdout)"
+    )
     token.add_argument("--id", required=True, help="the principal's id (shown in logs)")
     token.add_argument(
         "--role", default="reader", choices=[r.label for r in auth.Role], help="(default: reader)"
@@ -116,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NS",
         help='a namespace id it may touch (repeatable; "*" for all; default: default, or * for admin)',
+    )
+    token.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="write the token to this new file (mode 0600) instead of stderr",
     )
     return parser
 
@@ -151,16 +127,23 @@ def _settings(args: argparse.Namespace) -> Settings | None:
         return load_settings(**overrides)
     except ValidationError as exc:
         print("tether: invalid configuration:", file=sys.stderr)
+        named = {option.name: option for option in options.options()}
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"])
-            if not name:  # a rule across settings
-                print(f"  {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+            message = error["msg"].removeprefix("Value error, ")
+            option = named.get(name)
+            if option is None:  # a rule across settings
+                print(f"  {message}", file=sys.stderr)
                 continue
-            flag, env = f"--{name.replace('_', '-')}", f"TETHER_{name.upper()}"
-            given = repr(error.get("input"))
-            suffix = "" if given in error["msg"] else f" (got {given})"
-            print(f"  {flag} / {env}: {error['msg']}{suffix}", file=sys.stderr)
+            given = repr(_without_password(error.get("input")))
+            suffix = "" if given in message else f" (got {given})"
+            print(f"  {option.flag} / {option.env}: {message}{suffix}", file=sys.stderr)
         return None
+
+
+def _without_password(value: Any) -> Any:
+    """`value` with the password of a `scheme://user:password@host` URL masked (for error output)."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", value) if isinstance(value, str) else value
 
 
 def _run(coroutine: Any) -> Any:
@@ -243,12 +226,26 @@ def _health(args: argparse.Namespace) -> int:
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
         except grpc.RpcError as exc:
-            reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
+            reason = _health_failure(exc, args.service) if isinstance(exc, grpc.Call) else str(exc)
             print(f"tether health: {target}: {reason}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _health_failure(call: grpc.Call, service: str) -> str:
+    """`CODE: details`; where gRPC gives no details, what the code means for a health check."""
+    code, details = call.code(), call.details()
+    if details:
+        return f"{code.name}: {details}"
+    if code is grpc.StatusCode.NOT_FOUND:
+        # The standard health service answers NOT_FOUND, without details, for a name it does not know.
+        return (
+            f"NOT_FOUND: service {service!r} is not served (a Tether server reports "
+            f'"" for the whole server and {SESSION_SERVICE_NAME})'
+        )
+    return f"{code.name} (the server sent no details)"
 
 
 def _health_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
@@ -272,7 +269,8 @@ def _health_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | N
 
 
 def _token(args: argparse.Namespace) -> int:
-    """Print a new token and the auth file lines for it (checked by the auth file parser)."""
+    """A new token (to stderr, or a new 0600 `--token-file`) and its auth file lines (to stdout,
+    checked by the auth file parser), so `tether token ... >> auth.toml` adds a principal."""
     role = auth.Role.parse(args.role)
     namespaces = args.namespaces or (["*"] if role is auth.Role.ADMIN else ["default"])
     token = secrets.token_urlsafe(32)
@@ -282,12 +280,32 @@ def _token(args: argparse.Namespace) -> int:
     except auth.AuthFileError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"token: {token}")
+    if args.token_file is None:
+        print(f"token: {token}", file=sys.stderr)
+        where = "The token above"
+    else:
+        try:
+            _write_secret(args.token_file, token + "\n")
+        except OSError as exc:
+            print(f"tether token: --token-file {args.token_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        where = f"The token in {args.token_file}"
+    print(
+        f"# {where} is for the caller: it is stored nowhere else. The [[principal]] lines on stdout\n"
+        "# go into the TETHER_AUTH_FILE; then send the server SIGHUP (kill -HUP <pid>) to load them.",
+        file=sys.stderr,
+    )
+    # The blank line keeps `>> auth.toml` valid when the file does not end with a newline.
     print()
-    print("# Give the token above to the caller: it is not stored anywhere. Paste these lines into")
-    print("# the TETHER_AUTH_FILE, then send the server SIGHUP (kill -HUP <pid>) to load them.")
     print(lines, end="")
     return 0
+
+
+def _write_secret(path: str, text: str) -> None:
+    """Write `text` to a new file only its owner may read (never over an existing file)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
 
 
 def _listen_from_env() -> str:

@@ -1,35 +1,14 @@
-"""Server configuration: environment variables `TETHER_*`, each also a `tether serve` flag.
+"""Server configuration: `Settings`, read from `TETHER_*` environment variables and `tether serve` flags.
 
-| setting | env var | default |
-| --- | --- | --- |
-| listen | TETHER_LISTEN | `127.0.0.1:50051` (port 0 picks a free port) |
-| database_url | TETHER_DATABASE_URL | SQLite file `tether.db` in the working directory |
-| auth_file | TETHER_AUTH_FILE | none: every caller is an admin (loopback only, see below) |
-| tls_cert_file, tls_key_file | TETHER_TLS_CERT_FILE, _KEY_FILE | none (plaintext); both or none |
-| tls_client_ca_file | TETHER_TLS_CLIENT_CA_FILE | none; set: clients need a certificate it signed (mTLS) |
-| allow_insecure | TETHER_ALLOW_INSECURE | false: refuse a non-loopback listen address without auth or TLS |
-| metrics_listen | TETHER_METRICS_LISTEN | none |
-| log_level | TETHER_LOG_LEVEL | `INFO` |
-| log_format | TETHER_LOG_FORMAT | `console` when stderr is a terminal, else `json` |
-| retention | TETHER_RETENTION | `30d` (`30d`, `12h`, `90m`, `3600s`, seconds, or ISO 8601 `P30D`) |
-| migrate_on_start | TETHER_MIGRATE_ON_START | true |
-| shutdown_grace | TETHER_SHUTDOWN_GRACE | 10 seconds for in-flight calls on SIGTERM |
-| db_pool_size | TETHER_DB_POOL_SIZE | 10 database connections per server (a hard cap: no overflow) |
-| health_interval | TETHER_HEALTH_INTERVAL | 1 second between database pings |
-| sweep_interval | TETHER_SWEEP_INTERVAL | 60 seconds between expiry/purge sweeps (0: no sweeping) |
-| request_id_ttl | TETHER_REQUEST_ID_TTL | `24h`: how long a request id's response is replayed (AIP-155) |
-| workers | TETHER_WORKERS | 1 server process; N > 1: N share the port (`tether.server.workers`) |
+Each `Settings` field is one setting. Its `Field(description=...)` is the documentation: the
+`tether serve` flag (`tether.server.options`) and the README "Configuration" table (written by
+`python scripts/settings_doc.py`) are derived from the fields, so a new setting is a new field
+and nothing else. Read the README table for what each setting means.
 
-Database URLs: `postgres://` and `postgresql://` mean asyncpg (`postgresql+asyncpg://`),
-`sqlite://` means aiosqlite; relative SQLite paths are made absolute when the
-settings load, so the server and `tether migrate` agree on the file.
-
-Workers: with `workers` > 1 each of the N processes has its own `db_pool_size`
-connections, so N x pool size is the budget; an SQLite `:memory:` database
-(private to one process) is refused.
-
-Fail closed: `exposure_problem()` says why a listen address beyond loopback
-with neither an auth file nor TLS is refused (unless `allow_insecure`).
+Database URLs: `normalize_database_url` (plain file paths are SQLite files; only SQLite and
+PostgreSQL, with their async drivers). With `workers` > 1 an SQLite `:memory:` database
+(private to one process) is refused. `exposure_problem()` says why a listen address beyond
+loopback with neither an auth file nor TLS is refused (unless `allow_insecure`).
 
 Not enforced yet: metrics arrive in a later release. The setting is parsed and
 validated now, and the server logs a `setting_not_enforced` warning when it is set.
@@ -46,7 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, FilePath, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_FILE = "tether.db"
@@ -74,19 +54,58 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
-def normalize_database_url(url: str) -> str:
-    """Pick the async driver for plain URLs and make SQLite paths absolute."""
-    parsed = make_url(url)
+# The async driver of each supported backend (the server is asyncio through and through).
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+# `sqlite:x.db`, `postgresql:host`: a URL missing its `//`, not a file name.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+DATABASE_URL_FORMS = (
+    "use a file path (SQLite), sqlite:///FILE, sqlite:// (in memory) or postgresql://USER:PASSWORD@HOST/DB"
+)
+
+
+def normalize_database_url(value: str) -> str:
+    """The SQLAlchemy URL for `value`, a database URL or a plain SQLite file path.
+
+    Plain URLs get the async driver and SQLite paths become absolute, so the server and
+    `tether migrate` agree on the file. ValueError (never naming the password) when
+    `value` is not a database Tether can use.
+    """
+    value = value.strip()
+    if not value:
+        raise ValueError(f"empty; {DATABASE_URL_FORMS}")
+    if "://" not in value:  # a path such as tether.db, data/tether.db or /var/lib/tether/tether.db
+        if _SCHEME.match(value) and value != ":memory:":
+            raise ValueError(f"not a valid URL (no // after the scheme); {DATABASE_URL_FORMS}")
+        parsed = URL.create("sqlite+aiosqlite", database=value)
+    else:
+        try:
+            parsed = make_url(value)
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+            raise ValueError(f"not a valid URL ({exc}); {DATABASE_URL_FORMS}") from None
     backend, _, driver = parsed.drivername.partition("+")
-    if backend in ("postgres", "postgresql") and not driver:
-        parsed = parsed.set(drivername="postgresql+asyncpg")
-    elif backend == "sqlite":
-        if not driver:
-            parsed = parsed.set(drivername="sqlite+aiosqlite")
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            parsed = parsed.set(database=str(Path(database).expanduser().resolve()))
+    backend = "postgresql" if backend == "postgres" else backend
+    wanted = ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        raise ValueError(f"unsupported database {backend!r}; {DATABASE_URL_FORMS}")
+    if driver not in ("", wanted):
+        raise ValueError(
+            f"unsupported driver {parsed.drivername!r}: use {backend}:// or {backend}+{wanted}://"
+        )
+    parsed = parsed.set(drivername=f"{backend}+{wanted}")
+    database = parsed.database or ""
+    if backend == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+        parsed = parsed.set(database=_sqlite_file(database))
     return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_file(database: str) -> str:
+    """The absolute path of an SQLite database file; ValueError when it cannot be one."""
+    path = Path(database).expanduser().resolve()
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory, not an SQLite database file")
+    if not path.parent.is_dir():
+        raise ValueError(f"the directory of the SQLite database {str(path)!r} does not exist")
+    return str(path)
 
 
 def _default_database_url() -> str:
@@ -99,30 +118,116 @@ def _default_log_format() -> LogFormat:
 
 
 class Settings(BaseSettings):
-    """Everything `tether serve` needs; see the module docstring for the table."""
+    """Everything `tether serve` needs. Each field is a setting: `description` (markdown) is its
+    README text; `json_schema_extra` may name its `metavar`, its `flag` and a `default_doc` (for a
+    computed default); see `tether.server.options`."""
 
     model_config = SettingsConfigDict(env_prefix="TETHER_", extra="ignore", frozen=True)
 
-    listen: str = DEFAULT_LISTEN
-    database_url: str = Field(default_factory=_default_database_url)
-    auth_file: FilePath | None = None
-    tls_cert_file: FilePath | None = None
-    tls_key_file: FilePath | None = None
-    tls_client_ca_file: FilePath | None = None
-    allow_insecure: bool = False
-    metrics_listen: str | None = None
-    log_level: LogLevel = "INFO"
-    log_format: LogFormat = Field(default_factory=_default_log_format)
-    retention: Duration = timedelta(days=30)
-    request_id_ttl: Duration = timedelta(hours=24)
-    migrate_on_start: bool = True
-    shutdown_grace: float = Field(default=10.0, ge=0)
-    db_pool_size: int = Field(default=10, ge=1)
-    health_interval: float = Field(default=1.0, gt=0)
-    # 0 turns this replica's sweeper off (e.g. when another replica or a job sweeps).
-    sweep_interval: float = Field(default=60.0, ge=0)
-    # Server processes sharing the listen port (SO_REUSEPORT); 1: this process serves alone.
-    workers: int = Field(default=1, ge=1)
+    listen: str = Field(
+        default=DEFAULT_LISTEN,
+        description="gRPC address, `host:port` (port `0` picks a free one; the bound address is "
+        "logged as the `serving` event)",
+        json_schema_extra={"metavar": "HOST:PORT"},
+    )
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="an SQLite file path (`/var/lib/tether/tether.db`, or `data/tether.db` relative to "
+        "the working directory), `sqlite:///FILE`, `sqlite://` or `sqlite:///:memory:` (in memory, one "
+        "process), or `postgresql://user:password@host:5432/db` (also `postgres://`). The async "
+        "drivers (`+aiosqlite`, `+asyncpg`) are picked for you; any other database or driver is "
+        "refused before start-up with exit code 2",
+        json_schema_extra={
+            "metavar": "URL",
+            "default_doc": "SQLite file `tether.db` in the working directory",
+        },
+    )
+    auth_file: FilePath | None = Field(
+        default=None,
+        description="TOML file of `[[principal]]` tables (`id`, `role`, `namespaces`, `token_sha256`); "
+        "SIGHUP reloads it; see [Securing Tether](#securing-tether)",
+        json_schema_extra={
+            "metavar": "FILE",
+            "default_doc": "none: every caller is an admin (refused beyond loopback)",
+        },
+    )
+    tls_cert_file: FilePath | None = Field(
+        default=None,
+        description="PEM server certificate chain; with the key, the server speaks TLS",
+        json_schema_extra={"metavar": "FILE", "default_doc": "none: plaintext"},
+    )
+    tls_key_file: FilePath | None = Field(
+        default=None,
+        description="PEM private key of that certificate (set both or neither)",
+        json_schema_extra={"metavar": "FILE"},
+    )
+    tls_client_ca_file: FilePath | None = Field(
+        default=None,
+        description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
+        json_schema_extra={"metavar": "FILE"},
+    )
+    allow_insecure: bool = Field(
+        default=False,
+        description="listen beyond loopback with neither an auth file nor TLS (every caller an admin, "
+        "in plaintext; logged as a warning). Without it such a server refuses to start",
+    )
+    metrics_listen: str | None = Field(
+        default=None,
+        description="`host:port` of the Prometheus `/metrics` endpoint (not served yet)",
+        json_schema_extra={"metavar": "HOST:PORT", "default_doc": "none: no metrics endpoint"},
+    )
+    log_level: LogLevel = Field(
+        default="INFO",
+        description="`DEBUG`, `INFO`, `WARNING`, `ERROR`",
+        json_schema_extra={"metavar": "LEVEL"},
+    )
+    log_format: LogFormat = Field(
+        default_factory=_default_log_format,
+        description="`json` (one object per line on stderr) or `console`",
+        json_schema_extra={"metavar": "FORMAT", "default_doc": "`console` on a terminal, else `json`"},
+    )
+    retention: Duration = Field(
+        default=timedelta(days=30),
+        description="how long soft-deleted resources are kept before they are purged (`30d`, `12h`, "
+        "`90m`, `3600s`, ISO 8601 `P30D`)",
+    )
+    request_id_ttl: Duration = Field(
+        default=timedelta(hours=24),
+        description="how long the first response to a `request_id` is kept and replayed to retries",
+    )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="apply migrations when the server starts",
+        json_schema_extra={"flag": "--migrate"},
+    )
+    shutdown_grace: float = Field(
+        default=10.0, ge=0, description="seconds that in-flight calls get to finish after SIGTERM/SIGINT"
+    )
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="database connections per server process (a hard cap: replicas x pool size is the "
+        "connection budget)",
+    )
+    health_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="seconds between database pings; health is NOT_SERVING while the database does not "
+        "answer",
+    )
+    sweep_interval: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds between sweeps that soft-delete sessions past `expire_time` and purge "
+        "resources past `purge_time` (replicas take turns); `0` turns this server's sweeper off (e.g. "
+        "when another replica or a job sweeps)",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes sharing the listen port (SO_REUSEPORT), see "
+        "[Worker processes](#worker-processes); at least `1`",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
-from tether.server.config import Settings, normalize_database_url
+from tether.server.config import Settings, is_sqlite_memory, normalize_database_url
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 # Execution option for a read-only transaction on SQLite: BEGIN DEFERRED.
@@ -68,10 +68,11 @@ def _sqlite_engine(url: str, pool_size: int) -> AsyncEngine:
                 f"SQLite database directory {str(directory)!r} does not exist "
                 "(sqlite:///relative/path, sqlite:////absolute/path)"
             )
-        # A file database gets a queue pool; :memory: keeps SQLAlchemy's StaticPool.
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
-    else:
-        engine = create_async_engine(url)
+    if is_sqlite_memory(url):
+        # The database lives as long as its one connection: keep exactly one in the pool, and
+        # calls queue for it (SQLAlchemy's StaticPool would hand it to concurrent transactions).
+        pool_size = 1
+    engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, pool_size=pool_size, max_overflow=0)
     event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
     event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
     return engine

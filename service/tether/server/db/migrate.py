@@ -23,6 +23,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.db import schema
 from tether.server.db.engine import create_engine
@@ -50,9 +51,11 @@ def _upgrade(connection: Connection, revision: str) -> str | None:
     return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-async def migrate(url: str, revision: str = "head") -> None:
-    """Upgrade the database at `url` to `revision` (default: the newest)."""
-    engine = create_engine(url, pool_size=1)
+async def migrate(url: str, revision: str = "head", *, engine: AsyncEngine | None = None) -> None:
+    """Upgrade the database at `url` to `revision` (default: the newest), through `engine` if
+    given (an in-memory SQLite database exists only in its engine), else a short-lived one."""
+    own = engine is None
+    engine = create_engine(url, pool_size=1) if engine is None else engine
     try:
         async with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
@@ -60,7 +63,8 @@ async def migrate(url: str, revision: str = "head") -> None:
             current = await conn.run_sync(_upgrade, revision)
             await conn.commit()
     finally:
-        await engine.dispose()
+        if own:
+            await engine.dispose()
     get_logger().info("database_migrated", revision=current)
 
 
