@@ -13,7 +13,8 @@
 | log_format | TETHER_LOG_FORMAT | `console` when stderr is a terminal, else `json` |
 | retention | TETHER_RETENTION | `30d` (`30d`, `12h`, `90m`, `3600s`, seconds, or ISO 8601 `P30D`) |
 | migrate_on_start | TETHER_MIGRATE_ON_START | true |
-| shutdown_grace | TETHER_SHUTDOWN_GRACE | 10 seconds for in-flight calls on SIGTERM |
+| shutdown_drain | TETHER_SHUTDOWN_DRAIN | SIGTERM: seconds NOT_SERVING but answering; 0 on loopback, else 5 |
+| shutdown_grace | TETHER_SHUTDOWN_GRACE | 10 seconds for in-flight calls once the port has closed |
 | db_pool_size | TETHER_DB_POOL_SIZE | 10 database connections per server (a hard cap: no overflow) |
 | health_interval | TETHER_HEALTH_INTERVAL | 1 second between database pings |
 | sweep_interval | TETHER_SWEEP_INTERVAL | 60 seconds between expiry/purge sweeps (0: no sweeping) |
@@ -50,6 +51,10 @@ from sqlalchemy.engine import make_url
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_FILE = "tether.db"
+# Seconds a server beyond loopback keeps answering after SIGTERM (health NOT_SERVING) before it
+# closes its port: long enough for a load balancer's health check or endpoint update to move
+# traffic away (Kubernetes removes a terminating pod from its endpoints within a second or two).
+DEFAULT_SHUTDOWN_DRAIN = 5.0
 # Set by `tether serve --workers N` for its worker processes (JSON of
 # `tether.server.workers.WorkerSpec`); not a setting.
 WORKER_ENV = "TETHER_WORKER_SPEC"
@@ -116,6 +121,15 @@ class Settings(BaseSettings):
     retention: Duration = timedelta(days=30)
     request_id_ttl: Duration = timedelta(hours=24)
     migrate_on_start: bool = True
+    shutdown_drain: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "seconds the server keeps answering after SIGTERM, health NOT_SERVING, before it "
+            "closes its port; default 0 on a loopback listen address (nothing balances it), "
+            f"else {DEFAULT_SHUTDOWN_DRAIN:g}"
+        ),
+    )
     shutdown_grace: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
     health_interval: float = Field(default=1.0, gt=0)
@@ -162,6 +176,13 @@ class Settings(BaseSettings):
                 "database belongs to one process (use a file or PostgreSQL, or workers = 1)"
             )
         return self
+
+    @property
+    def drain_seconds(self) -> float:
+        """`shutdown_drain`, or its default for the listen address when unset."""
+        if self.shutdown_drain is not None:
+            return self.shutdown_drain
+        return 0.0 if is_loopback(self.listen) else DEFAULT_SHUTDOWN_DRAIN
 
     @property
     def tls(self) -> bool:
