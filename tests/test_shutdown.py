@@ -6,8 +6,8 @@ The rolling restart: the port of a server that binds exclusively cannot be hande
 what a balancer does is send new calls elsewhere once the old server says NOT_SERVING. So the
 second server runs on its own port first, and the shipped client (its own retry policy) is
 pointed at both addresses with round_robin and gRPC client-side health checking, as a
-balancer would be. `README.md` ("Stopping and rolling restarts") has the figures of taking
-over the same port instead.
+balancer would be. `README.md` ("Stopping and rolling restarts") says why taking over the
+same port cannot be invisible to callers.
 """
 
 from __future__ import annotations
