@@ -2,9 +2,33 @@
 
 `serve(settings)` is what `tether serve` runs: migrate (unless told not to),
 bind, log `serving` with the bound `address` (port 0 picks a free port), run
-until SIGTERM/SIGINT, then drain in-flight calls for `shutdown_grace` seconds
-and return 0. `TetherServer` is the same without the signal handling, for
-embedding and in-process tests.
+until SIGTERM/SIGINT, stop as below and return 0. `TetherServer` is the same
+without the signal handling, for embedding and in-process tests.
+
+Stopping (SIGTERM or SIGINT), the way a load balancer expects:
+
+1. `stopping`: health turns NOT_SERVING at once (for good), the health monitor
+   and the sweeper stop;
+2. drain: for `drain_seconds` (`shutdown_drain`; default 0 on a loopback listen
+   address, else 5) every call is still answered normally, so that a balancer
+   that health-checks the server, or an endpoint update, moves traffic away
+   first;
+3. `closing`: the port closes and every connection gets GOAWAY (grpc.aio
+   `server.stop`); health Watch streams end with UNAVAILABLE; calls in flight
+   get `shutdown_grace` seconds to finish, then are cancelled;
+4. the database pools are released, `stopped` is logged, and the process ends
+   at once (`exit_process`: no interpreter teardown, which took 0.5-1.8 s, and
+   no waiting for work stuck in a database driver thread).
+
+Why the drain matters: gRPC C-core cancels (status CANCELLED, which clients do
+not retry) the calls that have reached the server but not yet a handler when
+`server.stop` starts (grpc/grpc#41785); under load there always are some. Once
+the balancer has moved traffic away, there are none.
+
+Whatever the database does, the process ends `STOP_MARGIN_SECONDS` after drain
+plus grace at the latest (`stop_timed_out`, exit code 1). A second SIGTERM or
+SIGINT while stopping ends it now: `stopped_now`, exit code 128 + the signal
+number (143 for SIGTERM, 130 for SIGINT).
 
 One process binds its port exclusively (`grpc.so_reuseport` 0: a port already
 in use is a startup error, never silently shared). With `workers` > 1 the
@@ -39,9 +63,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import os
 import signal
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -69,6 +96,8 @@ MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
 # protoc --include_source_info --descriptor_set_out, next to the generated code:
 # gives reflection the proto comments (`grpcurl describe`), which generated code lacks.
 DESCRIPTOR_SET_RESOURCE = ("tether.v1", "descriptor_set.binpb")
+# Seconds beyond drain plus grace after which a stopping server ends itself, whatever it waits for.
+STOP_MARGIN_SECONDS = 5.0
 
 
 def server_options(settings: Settings) -> tuple[tuple[str, int], ...]:
@@ -145,6 +174,35 @@ class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: i
         return proto.SerializeToString()
 
 
+class ClosingHealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """The standard health service, whose Watch streams end (UNAVAILABLE) once `close()` is
+    called: an open Watch (a balancer's, a client's health check) would otherwise hold the
+    server's stop for the whole grace period and then be cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:  # noqa: N802
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((watch, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+        if not watch.cancelled():
+            watch.result()  # the stream ended on its own (or failed: raise that)
+            return
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+
 class TetherServer:
     """One running server: `await start()` returns the bound address; `await stop(grace)`."""
 
@@ -156,7 +214,7 @@ class TetherServer:
         self._engine: AsyncEngine | None = None
         self._ping_engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health_aio.HealthServicer()
+        self._health = ClosingHealthServicer()
         self._monitor: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._healthy = False
@@ -204,8 +262,9 @@ class TetherServer:
         )
         return server
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, let in-flight calls finish within `grace` seconds, release the database."""
+    async def drain(self, seconds: float) -> None:
+        """NOT_SERVING for good, then keep answering normally for `seconds` (see the module
+        docstring: a balancer moves traffic away meanwhile)."""
         await self._health.enter_graceful_shutdown()
         for task in (self._monitor, self._sweeper):
             if task is not None:
@@ -213,6 +272,14 @@ class TetherServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, close the port (GOAWAY), let in-flight calls finish within `grace`
+        seconds, then release the database."""
+        await self.drain(0)
+        self._health.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         for engine in (self._engine, self._ping_engine):
@@ -274,9 +341,17 @@ async def serve(settings: Settings, on_serving: Callable[[str], None] | None = N
         return 2
     # Handlers first: a signal right after the `serving` line must not hit the default action.
     stopping = asyncio.Event()
+    signals: list[signal.Signals] = []
+
+    def on_stop_signal(signum: signal.Signals) -> None:
+        signals.append(signum)
+        if stopping.is_set():
+            exit_now(signum)  # the second one: the operator will not wait
+        stopping.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, on_stop_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
     server = TetherServer(settings, authenticator)
     try:
@@ -288,10 +363,50 @@ async def serve(settings: Settings, on_serving: Callable[[str], None] | None = N
     if started and on_serving is not None:
         on_serving(server.address)
     await stopping.wait()
-    log.info("stopping", grace_seconds=settings.shutdown_grace)
-    await server.stop()
+    drain = settings.drain_seconds if started else 0.0
+    grace = settings.shutdown_grace
+    log.info(
+        "stopping",
+        signal=signals[0].name if signals else None,
+        drain_seconds=drain,
+        grace_seconds=grace,
+    )
+    exit_after(drain + grace + STOP_MARGIN_SECONDS)
+    await server.drain(drain)
+    log.info("closing", grace_seconds=grace)
+    await server.stop(grace)
     log.info("stopped")
     return 0
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process now with `code`, output flushed. After a stop nothing is left to clean
+    up: interpreter teardown only costs time, and a statement stuck in a database driver's
+    thread (aiosqlite's cannot be interrupted) would hold the exit for good."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def exit_now(signum: signal.Signals) -> NoReturn:
+    """A second stop signal: end the process without waiting; exit code 128 + signal number."""
+    code = 128 + signum
+    get_logger().warning("stopped_now", signal=signum.name, exit_code=code)
+    exit_process(code)
+
+
+def exit_after(seconds: float) -> None:
+    """End the process (`stop_timed_out`, exit code 1) if it still runs `seconds` from now.
+    A daemon thread: it fires even when the event loop waits on something that never ends."""
+
+    def expire() -> None:
+        get_logger().error("stop_timed_out", seconds=seconds, exit_code=1)
+        exit_process(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def unless_stopped(work: Coroutine[Any, Any, object], stopping: asyncio.Event) -> bool:

@@ -9,7 +9,9 @@
 
 Every `serve` flag overrides its `TETHER_*` environment variable; both are derived
 from the `Settings` fields (`tether.server.options`). Exit codes: 0 success (health: SERVING), 1 failure
-(health: anything else), 2 bad usage or configuration.
+(health: anything else; serve: also a stop that outlived drain + grace + 5 s),
+2 bad usage or configuration; serve stopped at once by a second signal:
+128 + the signal number (143 SIGTERM, 130 SIGINT).
 
 `tether serve --workers N` (N > 1) supervises N server processes on one port
 (`tether.server.workers`); each of them is `tether serve` again, told so by
@@ -26,7 +28,7 @@ import re
 import secrets
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import uvloop
@@ -151,6 +153,16 @@ def _run(coroutine: Any) -> Any:
         return runner.run(coroutine)
 
 
+def _serve_and_exit(coroutine: Any) -> NoReturn:
+    """Run a server (or supervisor) to its end, then end the process with its exit code at
+    once: no cancelling of leftover tasks (one may wait on a database driver thread that
+    cannot be interrupted) and no interpreter teardown (see `tether.server.app`)."""
+    from tether.server.app import exit_process
+
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    exit_process(int(runner.run(coroutine)))
+
+
 def _serve(args: argparse.Namespace) -> int:
     if os.environ.get(WORKER_ENV):  # one of the processes of `--workers N`
         return _serve_worker()
@@ -162,13 +174,13 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         from tether.server.workers import supervise
 
-        return int(_run(supervise(settings)))
+        _serve_and_exit(supervise(settings))
     from tether.server.app import serve
 
-    return int(_run(serve(settings)))
+    _serve_and_exit(serve(settings))
 
 
-def _serve_worker() -> int:
+def _serve_worker() -> NoReturn:
     """A worker: its settings come from its supervisor, which read the flags and environment."""
     from tether.server.workers import WorkerSpec, run_worker
 
@@ -176,7 +188,7 @@ def _serve_worker() -> int:
     assert spec is not None
     settings = spec.settings
     configure_logging(settings.log_level, settings.log_format, fields={"worker": spec.index})
-    return int(_run(run_worker(spec)))
+    _serve_and_exit(run_worker(spec))
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -30,6 +30,10 @@ from sqlalchemy.exc import ArgumentError
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_FILE = "tether.db"
+# Seconds a server beyond loopback keeps answering after SIGTERM (health NOT_SERVING) before it
+# closes its port: long enough for a load balancer's health check or endpoint update to move
+# traffic away (Kubernetes removes a terminating pod from its endpoints within a second or two).
+DEFAULT_SHUTDOWN_DRAIN = 5.0
 # Set by `tether serve --workers N` for its worker processes (JSON of
 # `tether.server.workers.WorkerSpec`); not a setting.
 WORKER_ENV = "TETHER_WORKER_SPEC"
@@ -200,8 +204,19 @@ class Settings(BaseSettings):
         description="apply migrations when the server starts",
         json_schema_extra={"flag": "--migrate"},
     )
+    shutdown_drain: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds the server keeps answering after SIGTERM/SIGINT, with health NOT_SERVING, "
+        "before it closes its port (so a load balancer moves traffic away first); see "
+        "[Stopping and rolling restarts](#stopping-and-rolling-restarts)",
+        json_schema_extra={
+            "metavar": "SECONDS",
+            "default_doc": f"`0` on a loopback listen address, else `{DEFAULT_SHUTDOWN_DRAIN:g}`",
+        },
+    )
     shutdown_grace: float = Field(
-        default=10.0, ge=0, description="seconds that in-flight calls get to finish after SIGTERM/SIGINT"
+        default=10.0, ge=0, description="seconds that in-flight calls get to finish once the port has closed"
     )
     db_pool_size: int = Field(
         default=10,
@@ -267,6 +282,13 @@ class Settings(BaseSettings):
                 "database belongs to one process (use a file or PostgreSQL, or workers = 1)"
             )
         return self
+
+    @property
+    def drain_seconds(self) -> float:
+        """`shutdown_drain`, or its default for the listen address when unset."""
+        if self.shutdown_drain is not None:
+            return self.shutdown_drain
+        return 0.0 if is_loopback(self.listen) else DEFAULT_SHUTDOWN_DRAIN
 
     @property
     def tls(self) -> bool:

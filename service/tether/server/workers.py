@@ -18,12 +18,15 @@ process becomes a supervisor that serves nothing itself:
    on an inherited pipe once it serves; when all have, the supervisor logs
    `serving` with the `address` and `workers` (each worker has logged its own
    `serving` line with the same address before);
-3. it forwards SIGTERM/SIGINT (graceful drain) and SIGHUP (auth file reload)
-   to the workers; a worker still starting gets SIGHUP once it serves;
+3. it forwards SIGTERM/SIGINT (drain, then graceful stop: `tether.server.app`)
+   and SIGHUP (auth file reload) to the workers; a worker still starting gets
+   SIGHUP once it serves. A second SIGTERM/SIGINT is forwarded too, and the
+   workers end at once;
 4. it exits once every worker has: 0 after a requested stop in which every
-   worker stopped cleanly; 1 when a worker exits on its own (`worker_exited`:
-   the others are stopped at once, so the process supervisor restarts the
-   whole server) or fails to stop cleanly.
+   worker stopped cleanly; 128 + the signal number (143, 130) after a second
+   stop signal; 1 when a worker exits on its own (`worker_exited`: the others
+   are stopped at once, so the process supervisor restarts the whole server)
+   or fails to stop cleanly.
 
 A worker's stdin is a pipe from the supervisor that is never written to: end of
 file means the supervisor is gone (even SIGKILL), and the worker stops as on
@@ -166,6 +169,8 @@ class Supervisor:
         self.workers: list[_Worker] = []
         self.stopping = asyncio.Event()  # a stop was requested, or a worker failed
         self.failed = False  # a worker exited on its own
+        self.stop_signals = 0  # SIGTERM/SIGINT received; the second one means "now"
+        self.forced: signal.Signals | None = None
         self._log = get_logger()
 
     def on_signal(self, signum: signal.Signals) -> None:
@@ -176,8 +181,17 @@ class Supervisor:
                 else:  # its handler may not be installed yet: SIGHUP would kill it
                     worker.reload_pending = True
             return
-        if not self.stopping.is_set():
-            self._log.info("stopping", signal=signum.name, grace_seconds=self.settings.shutdown_grace)
+        self.stop_signals += 1
+        if self.stop_signals == 1:
+            self._log.info(
+                "stopping",
+                signal=signum.name,
+                drain_seconds=self.settings.drain_seconds,
+                grace_seconds=self.settings.shutdown_grace,
+            )
+        elif self.forced is None:
+            self.forced = signum
+            self._log.warning("stopping_now", signal=signum.name)
         self.stop(signum)
 
     def stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
@@ -249,6 +263,8 @@ class Supervisor:
         finally:
             announcer.cancel()
             transport.close()
+        if self.forced is not None:
+            return 128 + self.forced
         if self.failed or any(code not in _CLEAN_STOP for code in codes):
             return 1
         self._log.info("stopped")
@@ -278,7 +294,7 @@ class Supervisor:
             self._log.error("worker_exited", worker=worker.index, pid=worker.process.pid, exit_code=code)
             self.failed = True
             self.stop()
-        elif code not in _CLEAN_STOP:
+        elif code not in _CLEAN_STOP and self.forced is None:
             self._log.error("worker_failed", worker=worker.index, pid=worker.process.pid, exit_code=code)
         return code
 

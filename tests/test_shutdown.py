@@ -1,0 +1,241 @@
+"""Stopping: a rolling restart behind a health-checked balancer fails no call, calls in flight
+finish within the grace, the process always exits (a second signal at once), and nothing is
+logged after `stopped`.
+
+The rolling restart: the port of a server that binds exclusively cannot be handed over, and
+what a balancer does is send new calls elsewhere once the old server says NOT_SERVING. So the
+second server runs on its own port first, and the shipped client (its own retry policy) is
+pointed at both addresses with round_robin and gRPC client-side health checking, as a
+balancer would be. `README.md` ("Stopping and rolling restarts") says why taking over the
+same port cannot be invisible to callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+
+from tests.support.databases import DatabaseBackend, libpq_url
+from tests.support.server import ServerFactory, ServerProcess
+from tests.support.tools import DEADLINE_SECONDS, wait_until
+from tether.client import AsyncSessionsClient, Participant, Session, SessionsClient
+from tether.client._common import RETRY_POLICY, SERVICE_NAME
+
+CALLERS = 32
+# What a balancer does: spread calls over the healthy servers, by their health service.
+BALANCED = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": SERVICE_NAME},
+        "methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": RETRY_POLICY}],
+    }
+)
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _new_session(client: SessionsClient) -> Session:
+    agent = client.create_participant(
+        parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
+    ).name
+    return client.create_session(
+        parent="namespaces/default", session=Session(kind=Session.KIND_TRIGGER, agent=agent)
+    )
+
+
+def _rpc_lines(server: ServerProcess) -> list[dict[str, Any]]:
+    return [e for e in server.events() if e.get("event") == "rpc"]
+
+
+def _exit_code(server: ServerProcess) -> int:
+    """The server's exit code, waiting for it to exit on its own."""
+    try:
+        return server.process.wait(DEADLINE_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server did not exit:\n{server.log_tail()}") from None
+
+
+def _last_event(server: ServerProcess) -> str | None:
+    events = server.events()
+    return events[-1].get("event") if events else None
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """`wait_until` for a test whose event loop must keep running its callers."""
+    await asyncio.wait_for(asyncio.to_thread(wait_until, condition, what), DEADLINE_SECONDS + 5)
+
+
+async def test_a_rolling_restart_behind_a_health_checked_balancer_fails_no_call(
+    server_factory: ServerFactory,
+) -> None:
+    url = server_factory.new_database()
+    # A 2 s drain: the balancer (here the client's health watch) needs far less to move away.
+    old = server_factory(url, env={"TETHER_SHUTDOWN_DRAIN": "2", "TETHER_SHUTDOWN_GRACE": "10"})
+    new = server_factory(url)
+    with SessionsClient(old.target, retry=False) as setup:
+        session = _new_session(setup)
+    client = AsyncSessionsClient(
+        f"ipv4:{old.target},{new.target}", options=[("grpc.service_config", BALANCED)]
+    )
+    failures: list[str] = []
+    done = asyncio.Event()
+
+    async def caller(index: int) -> None:
+        call = 0
+        while not done.is_set():
+            call += 1
+            try:
+                if (index + call) % 3 == 0:
+                    await client.get_session(name=session.name)
+                elif (index + call) % 3 == 1:
+                    await client.record_activity(name=session.name)
+                else:
+                    await client.create_session(
+                        parent="namespaces/default",
+                        session=Session(kind=Session.KIND_TRIGGER, agent=session.agent),
+                    )
+            except Exception as exc:  # any failed call fails the test
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    callers = [asyncio.create_task(caller(index)) for index in range(CALLERS)]
+    try:
+        await _until(lambda: len(_rpc_lines(old)) >= 100 and len(_rpc_lines(new)) >= 100, "calls on both")
+        old.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(_exit_code, old)
+        served = len(_rpc_lines(new))
+        await _until(lambda: len(_rpc_lines(new)) >= served + 200, "200 more calls on the new server")
+    finally:
+        done.set()
+        await asyncio.gather(*callers)
+        await client.close()
+    assert failures == [], failures[:5]
+    assert code == 0, old.log_tail()
+    assert {line["code"] for line in _rpc_lines(old)} == {"OK"}
+    assert _last_event(old) == "stopped", old.log_tail()
+
+
+@contextmanager
+def _database_lock(server: ServerProcess, session: Session) -> Iterator[Callable[[], None]]:
+    """Hold what RecordActivity on `session` needs (PostgreSQL: the row lock; SQLite: the write
+    lock); yields the function that releases it."""
+    url = server.database_url
+    if make_url(url).get_backend_name() == "sqlite":
+        blocker = sqlite3.connect(str(make_url(url).database), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            yield blocker.rollback
+        finally:
+            blocker.close()
+        return
+    with psycopg.connect(libpq_url(url)) as pg:
+        pg.execute("SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session.name.rsplit("/", 1)[1],))
+        yield pg.rollback
+
+
+def _wait_for_lock_waiter(server: ServerProcess) -> None:
+    """On PostgreSQL, until a statement waits on the lock. SQLite shows no waiters: there the
+    call was sent before SIGTERM and the drain answers it normally should it arrive later."""
+    if make_url(server.database_url).get_backend_name() == "sqlite":
+        return
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    )
+    with psycopg.connect(libpq_url(server.database_url), autocommit=True) as observer:
+        wait_until(lambda: observer.execute(query).fetchone() == (1,), "RecordActivity to wait on the lock")
+
+
+def test_a_call_held_in_the_database_finishes_within_the_grace(
+    server_factory: ServerFactory, database_backend: DatabaseBackend
+) -> None:
+    # The lock is held for less than the grace (and SQLite's 5 s busy timeout): from before
+    # SIGTERM until the server has closed its port.
+    server = server_factory(env={"TETHER_SHUTDOWN_DRAIN": "1", "TETHER_SHUTDOWN_GRACE": "30"})
+    client = SessionsClient(server.target)
+    session = _new_session(client)
+    with _database_lock(server, session) as release, ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(client.record_activity, name=session.name)
+        _wait_for_lock_waiter(server)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait_for_event("closing") is not None, server.log_tail()
+        release()
+        finished = in_flight.result(timeout=DEADLINE_SECONDS)
+    assert finished.last_activity_time.ToDatetime() > session.last_activity_time.ToDatetime()
+    assert _exit_code(server) == 0, server.log_tail()
+    client.close()
+
+
+def test_a_stop_stuck_in_the_database_still_exits(
+    server_factory: ServerFactory, database_backend: DatabaseBackend
+) -> None:
+    """The lock outlives the grace: the calls are cancelled and the process exits (on SQLite
+    it used to hang for good: aiosqlite's thread cannot be interrupted)."""
+    server = server_factory(env={"TETHER_SHUTDOWN_GRACE": "1"})
+    client = SessionsClient(server.target, retry=False)
+    session = _new_session(client)
+    with _database_lock(server, session), ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(client.record_activity, name=session.name) for _ in range(3)]
+        _wait_for_lock_waiter(server)
+        server.process.send_signal(signal.SIGTERM)
+        assert _exit_code(server) == 0, server.log_tail()
+        for call in calls:
+            assert call.exception(timeout=DEADLINE_SECONDS) is not None
+    assert server.wait_for_event("stopped", 0) is not None, server.log_tail()
+    assert _last_event(server) == "stopped", server.log_tail()
+    client.close()
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_signal_stops_at_once(
+    server_factory: ServerFactory, database_backend: DatabaseBackend, signum: int, code: int, workers: int
+) -> None:
+    # A grace far beyond the deadline: only the second signal can end the wait in time.
+    server = server_factory(env={"TETHER_SHUTDOWN_GRACE": "600", "TETHER_WORKERS": str(workers)})
+    if workers > 1:
+        assert server.wait_for_event("serving", workers=workers) is not None, server.log_tail()
+    client = SessionsClient(server.target, retry=False)
+    session = _new_session(client)
+    with _database_lock(server, session), ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.record_activity, name=session.name)
+        _wait_for_lock_waiter(server)
+        server.process.send_signal(signum)
+        closing = {"worker": 0} if workers > 1 else {}
+        assert server.wait_for_event("closing", **closing) is not None, server.log_tail()
+        server.process.send_signal(signum)
+        assert _exit_code(server) == code, server.log_tail()
+        assert held.exception(timeout=DEADLINE_SECONDS) is not None
+    assert server.wait_for_event("stopped_now", 0, exit_code=code) is not None, server.log_tail()
+    client.close()
+
+
+def test_an_idle_server_stops_at_once_and_logs_nothing_after_stopped(server_factory: ServerFactory) -> None:
+    """Also with a health Watch open (a balancer's): it ends instead of holding the grace."""
+    server = server_factory(env={"TETHER_SHUTDOWN_GRACE": "600"})
+    with grpc.insecure_channel(server.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE_SECONDS * 2
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        server.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert _exit_code(server) == 0, server.log_tail()
+    assert _last_event(server) == "stopped", server.log_tail()
+    stopping = server.wait_for_event("stopping", 0)
+    assert stopping is not None
+    assert (stopping["drain_seconds"], stopping["signal"]) == (0.0, "SIGTERM")  # loopback: no drain
