@@ -1,13 +1,14 @@
-"""Stopping: a rolling restart behind a health-checked balancer fails no call, calls in flight
+"""Stopping: a rolling restart fails no call of the shipped client, whether a second server
+takes over the port or a health-checked balancer moves calls to another; calls in flight
 finish within the grace, the process always exits (a second signal at once), and nothing is
 logged after `stopped`.
 
-The rolling restart: the port of a server that binds exclusively cannot be handed over, and
-what a balancer does is send new calls elsewhere once the old server says NOT_SERVING. So the
-second server runs on its own port first, and the shipped client (its own retry policy) is
-pointed at both addresses with round_robin and gRPC client-side health checking, as a
-balancer would be. `README.md` ("Stopping and rolling restarts") says why taking over the
-same port cannot be invisible to callers.
+Taking over the port: the old server binds it exclusively, so the new one can bind only
+once the old one has closed it; the shipped client's calls wait for a server within their
+deadline (wait-for-ready) and retry the CANCELLED that gRPC answers for calls still queued
+at a stopping server (`tether.client._common.SERVICE_CONFIG`). Behind a balancer: the
+second server runs on its own port, and the client is pointed at both addresses with
+round_robin and gRPC client-side health checking, as a balancer would be.
 """
 
 from __future__ import annotations
@@ -29,18 +30,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from tests.support.databases import DatabaseBackend, libpq_url
-from tests.support.server import ServerFactory, ServerProcess
+from tests.support.server import ServerFactory, ServerProcess, ServerStartError
 from tests.support.tools import DEADLINE_SECONDS, wait_until
 from tether.client import AsyncSessionsClient, Participant, Session, SessionsClient
-from tether.client._common import RETRY_POLICY, SERVICE_NAME
+from tether.client._common import SERVICE_CONFIG, SERVICE_NAME
 
 CALLERS = 32
+ATTEMPTS_TO_TAKE_OVER = 5
 # What a balancer does: spread calls over the healthy servers, by their health service.
 BALANCED = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
         "healthCheckConfig": {"serviceName": SERVICE_NAME},
-        "methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": RETRY_POLICY}],
+        "methodConfig": json.loads(SERVICE_CONFIG)["methodConfig"],
     }
 )
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -77,6 +79,73 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
     await asyncio.wait_for(asyncio.to_thread(wait_until, condition, what), DEADLINE_SECONDS + 5)
 
 
+class _Load:
+    """CALLERS concurrent callers of GetSession, RecordActivity and CreateSession through one
+    shipped client (its own retry policy) until `stop()`; every failure is kept."""
+
+    def __init__(self, client: AsyncSessionsClient, session: Session) -> None:
+        self.failures: list[str] = []
+        self._client, self._session = client, session
+        self._done = asyncio.Event()
+        self._callers = [asyncio.create_task(self._caller(index)) for index in range(CALLERS)]
+
+    async def _caller(self, index: int) -> None:
+        call = 0
+        while not self._done.is_set():
+            call += 1
+            try:
+                if (index + call) % 3 == 0:
+                    await self._client.get_session(name=self._session.name)
+                elif (index + call) % 3 == 1:
+                    await self._client.record_activity(name=self._session.name)
+                else:
+                    await self._client.create_session(
+                        parent="namespaces/default",
+                        session=Session(kind=Session.KIND_TRIGGER, agent=self._session.agent),
+                    )
+            except Exception as exc:  # any failed call fails the test
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    async def stop(self) -> None:
+        self._done.set()
+        await asyncio.gather(*self._callers)
+        await self._client.close()
+
+
+def _take_over(server_factory: ServerFactory, url: str, target: str) -> ServerProcess:
+    """A new server on `target`, once the old one has let go of it: the old one closes its
+    listener as it stops, and the new one binds exclusively, as the old one did (a start
+    that finds the port still taken fails, and is tried again)."""
+    for _ in range(ATTEMPTS_TO_TAKE_OVER - 1):
+        try:
+            return server_factory(url, env={"TETHER_LISTEN": target})
+        except ServerStartError:
+            continue
+    return server_factory(url, env={"TETHER_LISTEN": target})
+
+
+async def test_a_second_server_takes_over_the_port_and_no_call_fails(server_factory: ServerFactory) -> None:
+    url = server_factory.new_database()
+    old = server_factory(url, env={"TETHER_SHUTDOWN_GRACE": "10"})  # loopback: no drain
+    with SessionsClient(old.target, retry=False) as setup:
+        session = _new_session(setup)
+    load = _Load(AsyncSessionsClient(old.target), session)
+    try:
+        await _until(lambda: len(_rpc_lines(old)) >= 200, "200 calls on the old server")
+        old.process.send_signal(signal.SIGTERM)
+        await _until(lambda: any(e.get("event") == "closing" for e in old.events()), "the old server closing")
+        new = await asyncio.to_thread(_take_over, server_factory, url, old.target)
+        code = await asyncio.to_thread(_exit_code, old)
+        await _until(lambda: len(_rpc_lines(new)) >= 200, "200 calls on the new server")
+    finally:
+        await load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert code == 0, old.log_tail()
+    assert new.target == old.target
+    assert {line["code"] for line in _rpc_lines(old)} == {"OK"}
+    assert _last_event(old) == "stopped", old.log_tail()
+
+
 async def test_a_rolling_restart_behind_a_health_checked_balancer_fails_no_call(
     server_factory: ServerFactory,
 ) -> None:
@@ -86,30 +155,10 @@ async def test_a_rolling_restart_behind_a_health_checked_balancer_fails_no_call(
     new = server_factory(url)
     with SessionsClient(old.target, retry=False) as setup:
         session = _new_session(setup)
-    client = AsyncSessionsClient(
-        f"ipv4:{old.target},{new.target}", options=[("grpc.service_config", BALANCED)]
+    load = _Load(
+        AsyncSessionsClient(f"ipv4:{old.target},{new.target}", options=[("grpc.service_config", BALANCED)]),
+        session,
     )
-    failures: list[str] = []
-    done = asyncio.Event()
-
-    async def caller(index: int) -> None:
-        call = 0
-        while not done.is_set():
-            call += 1
-            try:
-                if (index + call) % 3 == 0:
-                    await client.get_session(name=session.name)
-                elif (index + call) % 3 == 1:
-                    await client.record_activity(name=session.name)
-                else:
-                    await client.create_session(
-                        parent="namespaces/default",
-                        session=Session(kind=Session.KIND_TRIGGER, agent=session.agent),
-                    )
-            except Exception as exc:  # any failed call fails the test
-                failures.append(f"{type(exc).__name__}: {exc}")
-
-    callers = [asyncio.create_task(caller(index)) for index in range(CALLERS)]
     try:
         await _until(lambda: len(_rpc_lines(old)) >= 100 and len(_rpc_lines(new)) >= 100, "calls on both")
         old.process.send_signal(signal.SIGTERM)
@@ -117,10 +166,8 @@ async def test_a_rolling_restart_behind_a_health_checked_balancer_fails_no_call(
         served = len(_rpc_lines(new))
         await _until(lambda: len(_rpc_lines(new)) >= served + 200, "200 more calls on the new server")
     finally:
-        done.set()
-        await asyncio.gather(*callers)
-        await client.close()
-    assert failures == [], failures[:5]
+        await load.stop()
+    assert load.failures == [], load.failures[:5]
     assert code == 0, old.log_tail()
     assert {line["code"] for line in _rpc_lines(old)} == {"OK"}
     assert _last_event(old) == "stopped", old.log_tail()

@@ -537,9 +537,18 @@ def test_channel_options_carry_the_retry_policy() -> None:
     options = dict(_common.channel_options(retry=True, extra=[("grpc.max_receive_message_length", 1 << 20)]))
     assert options["grpc.enable_retries"] == 1
     assert options["grpc.max_receive_message_length"] == 1 << 20
-    (method_config,) = json.loads(options["grpc.service_config"])["methodConfig"]
-    assert method_config["name"] == [{"service": _common.SERVICE_NAME}]
-    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    repeatable, everything = json.loads(options["grpc.service_config"])["methodConfig"]
+    assert everything["name"] == [{"service": _common.SERVICE_NAME}]
+    assert everything["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert everything["waitForReady"] is True
+    # CANCELLED (a stopping server's queued calls) is retried only where a repeat is harmless.
+    assert repeatable["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
+    assert repeatable["waitForReady"] is True
+    names = {entry["method"] for entry in repeatable["name"]}
+    assert {"GetSession", "ListSessions", "RecordActivity", "CreateSession", "FindOrCreateSession"} <= names
+    assert {"AddMember", "CreateParticipant", "FindOrCreateParticipant", "CreateNamespace"} <= names
+    not_repeatable = {"UpdateSession", "DeleteSession", "UndeleteSession", "RemoveMember", "PurgeSessions"}
+    assert names.isdisjoint(not_repeatable | {"WatchSessions"})
     assert dict(_common.channel_options(retry=False, extra=())) == {"grpc.enable_retries": 0}
     overridden = dict(_common.channel_options(retry=True, extra=[("grpc.service_config", "{}")]))
     assert overridden["grpc.service_config"] == "{}"

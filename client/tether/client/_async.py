@@ -77,7 +77,11 @@ class AsyncSessionsClient:
             tls: force TLS on (with system roots) or off; by default TLS is on when a
                 certificate option is given.
             timeout: default deadline in seconds of unary calls; None for none.
-            retry: retry UNAVAILABLE with exponential backoff (gRPC service config).
+            retry: ride over restarts and outages (gRPC service config): a call waits
+                for a server to answer at `target` within its deadline (wait-for-ready),
+                UNAVAILABLE is retried with exponential backoff, and so is CANCELLED for
+                the calls that are safe to repeat (reads, RecordActivity and the creating
+                calls, which carry a request id). False: every call fails at once.
             options: extra gRPC channel options.
         """
         credentials = channel_credentials(

@@ -54,8 +54,43 @@ RETRY_POLICY: Final = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+# A server that stops cancels (CANCELLED, grpc/grpc#41785) the calls it had received but
+# not yet handed to a handler, and a server cancels a call whose handler outlived the
+# shutdown grace, which may have had its effect. So CANCELLED is retried only for the
+# calls that are safe to repeat (`repeatable_methods`).
+REPEATABLE_RETRY_POLICY: Final = {**RETRY_POLICY, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]}
+
+
+def repeatable_methods() -> list[str]:
+    """The unary SessionService methods whose repeat has no second effect: reads,
+    RecordActivity (it moves a time to a maximum) and every call with a `request_id`
+    (the client always sends one, and the server answers a repeat with the first result)."""
+    service = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"]
+    return sorted(
+        method.name
+        for method in service.methods
+        if not method.server_streaming
+        and (
+            method.name.startswith(("Get", "List", "BatchGet"))
+            or method.name == "RecordActivity"
+            or "request_id" in method.input_type.fields_by_name
+        )
+    )
+
+
+# waitForReady: while no server answers at the target (one restarting, or another taking
+# over its port), a call waits for one within its deadline instead of failing at once.
 SERVICE_CONFIG: Final = json.dumps(
-    {"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": RETRY_POLICY}]}
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE_NAME, "method": name} for name in repeatable_methods()],
+                "waitForReady": True,
+                "retryPolicy": REPEATABLE_RETRY_POLICY,
+            },
+            {"name": [{"service": SERVICE_NAME}], "waitForReady": True, "retryPolicy": RETRY_POLICY},
+        ]
+    }
 )
 
 # Watch reconnects: the first is immediate (a restarted server or another replica is
