@@ -18,11 +18,10 @@ from psycopg import sql
 from tests.support.databases import DatabaseBackend, PostgresBackend, libpq_url
 from tests.support.errors import expect_error
 from tests.support.server import ServerFactory
+from tests.support.sessions import new_trigger_session
 from tests.support.tools import DEADLINE_SECONDS, describe, run_tool, wait_until
 from tether.client import (
-    Participant,
     Reason,
-    Session,
     SessionsClient,
 )
 from tether.server.db.migrate import schema_drift
@@ -65,7 +64,7 @@ def test_health_follows_the_database(
     server = server_factory(url, env={"TETHER_HEALTH_INTERVAL": "0.2"})
     dbname = sql.Identifier(_dbname(url))
     client = SessionsClient(server.target, retry=False)
-    session = _new_session(client)
+    session = new_trigger_session(client)
     with _health_watch(server.target) as health, _admin(database_backend) as admin:
         _next_status(health, SERVING)
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(dbname))
@@ -91,15 +90,6 @@ def test_health_follows_the_database(
     assert server.stop() == 0
 
 
-def _new_session(client: SessionsClient) -> Session:
-    agent = client.create_participant(
-        parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
-    ).name
-    return client.create_session(
-        parent="namespaces/default", session=Session(kind=Session.KIND_TRIGGER, agent=agent)
-    )
-
-
 def _lock_waiters(url: str) -> int:
     with psycopg.connect(libpq_url(url), autocommit=True) as observer:
         row = observer.execute(
@@ -117,7 +107,7 @@ def test_a_cancelled_call_does_not_pass_on_a_busy_connection(server_factory: Ser
     url = server_factory.new_database()
     server = server_factory(url, env={"TETHER_DB_POOL_SIZE": "1"})  # the next call gets that slot
     client = SessionsClient(server.target, retry=False)
-    session = _new_session(client)
+    session = new_trigger_session(client)
     with psycopg.connect(libpq_url(url)) as blocker:
         blocker.execute(
             "SELECT 1 FROM sessions WHERE session = %s FOR UPDATE", (session.name.rsplit("/", 1)[1],)
@@ -138,7 +128,7 @@ def test_sigterm_lets_in_flight_calls_finish(server_factory: ServerFactory) -> N
     url = server_factory.new_database()
     server = server_factory(url)
     client = SessionsClient(server.target, retry=False)
-    session = _new_session(client)
+    session = new_trigger_session(client)
     session_id = session.name.rsplit("/", 1)[1]
     with psycopg.connect(libpq_url(url)) as blocker, ThreadPoolExecutor(1) as pool:
         # Hold the session's row lock so RecordActivity stays in flight.

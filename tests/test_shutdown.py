@@ -31,8 +31,9 @@ from sqlalchemy.engine import make_url
 
 from tests.support.databases import DatabaseBackend, libpq_url
 from tests.support.server import ServerFactory, ServerProcess, ServerStartError
+from tests.support.sessions import new_trigger_session
 from tests.support.tools import DEADLINE_SECONDS, wait_until
-from tether.client import AsyncSessionsClient, Participant, Session, SessionsClient
+from tether.client import AsyncSessionsClient, Session, SessionsClient
 from tether.client._common import SERVICE_CONFIG, SERVICE_NAME
 
 CALLERS = 32
@@ -46,15 +47,6 @@ BALANCED = json.dumps(
     }
 )
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _new_session(client: SessionsClient) -> Session:
-    agent = client.create_participant(
-        parent="namespaces/default", participant=Participant(kind=Participant.KIND_AGENT)
-    ).name
-    return client.create_session(
-        parent="namespaces/default", session=Session(kind=Session.KIND_TRIGGER, agent=agent)
-    )
 
 
 def _rpc_lines(server: ServerProcess) -> list[dict[str, Any]]:
@@ -128,7 +120,7 @@ async def test_a_second_server_takes_over_the_port_and_no_call_fails(server_fact
     url = server_factory.new_database()
     old = server_factory(url, env={"TETHER_SHUTDOWN_GRACE": "10"})  # loopback: no drain
     with SessionsClient(old.target, retry=False) as setup:
-        session = _new_session(setup)
+        session = new_trigger_session(setup)
     load = _Load(AsyncSessionsClient(old.target), session)
     try:
         await _until(lambda: len(_rpc_lines(old)) >= 200, "200 calls on the old server")
@@ -154,7 +146,7 @@ async def test_a_rolling_restart_behind_a_health_checked_balancer_fails_no_call(
     old = server_factory(url, env={"TETHER_SHUTDOWN_DRAIN": "2", "TETHER_SHUTDOWN_GRACE": "10"})
     new = server_factory(url)
     with SessionsClient(old.target, retry=False) as setup:
-        session = _new_session(setup)
+        session = new_trigger_session(setup)
     load = _Load(
         AsyncSessionsClient(f"ipv4:{old.target},{new.target}", options=[("grpc.service_config", BALANCED)]),
         session,
@@ -211,7 +203,7 @@ def test_a_call_held_in_the_database_finishes_within_the_grace(
     # SIGTERM until the server has closed its port.
     server = server_factory(env={"TETHER_SHUTDOWN_DRAIN": "1", "TETHER_SHUTDOWN_GRACE": "30"})
     client = SessionsClient(server.target)
-    session = _new_session(client)
+    session = new_trigger_session(client)
     with _database_lock(server, session) as release, ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(client.record_activity, name=session.name)
         _wait_for_lock_waiter(server)
@@ -231,7 +223,7 @@ def test_a_stop_stuck_in_the_database_still_exits(
     it used to hang for good: aiosqlite's thread cannot be interrupted)."""
     server = server_factory(env={"TETHER_SHUTDOWN_GRACE": "1"})
     client = SessionsClient(server.target, retry=False)
-    session = _new_session(client)
+    session = new_trigger_session(client)
     with _database_lock(server, session), ThreadPoolExecutor(3) as pool:
         calls = [pool.submit(client.record_activity, name=session.name) for _ in range(3)]
         _wait_for_lock_waiter(server)
@@ -254,7 +246,7 @@ def test_a_second_signal_stops_at_once(
     if workers > 1:
         assert server.wait_for_event("serving", workers=workers) is not None, server.log_tail()
     client = SessionsClient(server.target, retry=False)
-    session = _new_session(client)
+    session = new_trigger_session(client)
     with _database_lock(server, session), ThreadPoolExecutor(1) as pool:
         held = pool.submit(client.record_activity, name=session.name)
         _wait_for_lock_waiter(server)
