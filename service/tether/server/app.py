@@ -20,10 +20,11 @@ Stopping (SIGTERM or SIGINT), the way a load balancer expects:
    at once (`exit_process`: no interpreter teardown, which took 0.5-1.8 s, and
    no waiting for work stuck in a database driver thread).
 
-Why the drain matters: gRPC C-core cancels (status CANCELLED, which clients do
-not retry) the calls that have reached the server but not yet a handler when
-`server.stop` starts (grpc/grpc#41785); under load there always are some. Once
-the balancer has moved traffic away, there are none.
+Why the drain matters: gRPC C-core cancels (status CANCELLED) the calls that
+have reached the server but not yet a handler when `server.stop` starts
+(grpc/grpc#41785); under load there always are some. The shipped client retries
+those where a repeat is harmless (`tether.client._common.SERVICE_CONFIG`); other
+clients see them unless a balancer has moved traffic away first.
 
 Whatever the database does, the process ends `STOP_MARGIN_SECONDS` after drain
 plus grace at the latest (`stop_timed_out`, exit code 1). A second SIGTERM or
