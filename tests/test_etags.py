@@ -1,5 +1,6 @@
-"""Etags (AIP-154): every write moves the etag; a write with a stale etag is ABORTED,
-and the check is atomic with the write (of two racing writers with one etag, one wins)."""
+"""Etags (AIP-154): every write moves the etag, activity alone does not; a write with a stale
+etag is ABORTED, and the check is atomic with the write (of two racing writers with one etag,
+one wins)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,18 @@ def test_session_writes_check_the_etag(client: SessionsClient, parent: str, agen
     restored = client.undelete_session(name=s.name, etag=deleted.etag)
     # Without an etag, writes are unconditional.
     assert client.update_session(session=Session(name=s.name, display_name="c")).etag != restored.etag
+
+
+def test_activity_leaves_the_etag_alone(client: SessionsClient, parent: str, agent: Participant) -> None:
+    """A message landing (RecordActivity) does not refuse a guarded update of the conversation."""
+    s = client.create_session(parent=parent, session=Session(kind=Session.KIND_TRIGGER, agent=agent.name))
+    moved = client.record_activity(name=s.name)
+    assert moved.last_activity_time.ToDatetime() > s.last_activity_time.ToDatetime()
+    assert moved.etag == s.etag
+    assert client.get_session(name=s.name).etag == s.etag
+    labelled = client.update_session(session=Session(name=s.name, labels={"stage": "triage"}, etag=s.etag))
+    assert labelled.etag != s.etag
+    assert dict(labelled.labels) == {"stage": "triage"}
 
 
 def test_participant_writes_check_the_etag(client: SessionsClient, agent: Participant) -> None:

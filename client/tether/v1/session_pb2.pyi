@@ -164,9 +164,11 @@ class Session(_message.Message):
     member_count: _builtins.int
     """Number of members of the session."""
     etag: _builtins.str
-    """Changes on every write (AIP-154). Send it back in UpdateSession to make
-    the update conditional (DeleteSession and UndeleteSession take it in the
-    request); empty on input: an unconditional update.
+    """Changes on every write of a field a caller writes, and on membership
+    changes (AIP-154), never on activity alone (RecordActivity). Send it back
+    in UpdateSession to make the update conditional (DeleteSession and
+    UndeleteSession take it in the request); empty on input: an
+    unconditional update.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

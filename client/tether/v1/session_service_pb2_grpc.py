@@ -333,7 +333,7 @@ class SessionServiceServicer:
 
     def RecordActivity(self, request, context):
         """Moves `last_activity_time` forward (never back) in one statement. The
-        hot path of every chat message.
+        hot path of every chat message. Leaves the etag as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -96,7 +96,7 @@ class SessionServiceStub:
     """
     RecordActivity: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.RecordActivityRequest, _session_pb2.Session]
     """Moves `last_activity_time` forward (never back) in one statement. The
-    hot path of every chat message.
+    hot path of every chat message. Leaves the etag as it is.
     """
     AddMember: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.AddMemberRequest, _session_pb2.Member]
     """Adds a participant of the session's namespace to a session."""
@@ -177,7 +177,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """
     RecordActivity: _aio.UnaryUnaryMultiCallable[_session_service_pb2.RecordActivityRequest, _session_pb2.Session]  # type: ignore[assignment]
     """Moves `last_activity_time` forward (never back) in one statement. The
-    hot path of every chat message.
+    hot path of every chat message. Leaves the etag as it is.
     """
     AddMember: _aio.UnaryUnaryMultiCallable[_session_service_pb2.AddMemberRequest, _session_pb2.Member]  # type: ignore[assignment]
     """Adds a participant of the session's namespace to a session."""
@@ -381,7 +381,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.Session, _abc.Awaitable[_session_pb2.Session]]:
         """Moves `last_activity_time` forward (never back) in one statement. The
-        hot path of every chat message.
+        hot path of every chat message. Leaves the etag as it is.
         """
 
     @_abc_1.abstractmethod

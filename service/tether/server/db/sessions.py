@@ -170,8 +170,9 @@ _RECORD_ACTIVITY = Prepared(
     update(sessions)
     .where(_KEY, sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
     .values(
+        # No version bump: activity alone never changes the etag (an etag-guarded update of a
+        # live conversation must not be refused because a message arrived).
         last_activity_time=case((_MOVES, _WHEN), else_=sessions.c.last_activity_time),
-        version=sessions.c.version + case((_MOVES, 1), else_=0),
     )
     .returning(sessions)
 )
