@@ -267,7 +267,12 @@ async def test_sweep_purges_only_participants_no_session_names(db: Database) -> 
 
 async def test_sweep_drops_expired_idempotency_records(db: Database) -> None:
     table = schema.idempotency
-    values = {"method": "CreateSession", "fingerprint": "0" * 64, "response": b"", "create_time": T0}
+    values = {
+        "method": "CreateSession",
+        "fingerprint": "0" * 64,
+        "resource": f"{PARENT}/sessions/s",
+        "create_time": T0,
+    }
     rows = [
         {"namespace": NS, "request_id": str(uuid.uuid4()), "expire_time": T0 + timedelta(hours=h), **values}
         for h in (1, 2, 5)

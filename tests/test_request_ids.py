@@ -1,6 +1,7 @@
-"""Request ids (AIP-155): a repeat gets the first response, even after a restart and
-from another replica; a reuse with another payload is REQUEST_ID_CONFLICT; concurrent
-duplicates make one effect; a failed call is not remembered."""
+"""Request ids (AIP-155, DESIGN.md "Writes"): a repeat gets what the first call created
+(as it is now), even after a restart and from another replica; a reuse with another
+payload is REQUEST_ID_CONFLICT; concurrent duplicates make one effect; a failed call is
+not remembered; a find-or-create that finds writes nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import grpc
 import pytest
 
 from tests.support.errors import expect_error
-from tests.support.server import ServerFactory
+from tests.support.rows import claims, columns
+from tests.support.server import ServerFactory, ServerProcess
 from tether.client import (
     AsyncSessionsClient,
     ExternalConversation,
@@ -36,13 +38,15 @@ def _session_names(client: SessionsClient, parent: str) -> list[str]:
     return [s.name for s in client.list_sessions(parent=parent)]
 
 
-def test_repeat_returns_the_first_response(client: SessionsClient, parent: str, agent: str) -> None:
+def test_repeat_returns_what_the_first_call_created(client: SessionsClient, parent: str, agent: str) -> None:
     rid = _rid()
     template = Session(kind=Session.KIND_TRIGGER, agent=agent, display_name="once")
     first = client.create_session(parent=parent, session=template, request_id=rid)
-    client.update_session(session=Session(name=first.name, display_name="changed since"))
+    changed = client.update_session(session=Session(name=first.name, display_name="changed since"))
     again = client.create_session(parent=parent, session=template, request_id=rid)
-    assert again == first  # the first response, byte for byte, not the current state
+    # The same session, as it is now (only its name is kept per request id, not the response).
+    assert again == changed
+    assert (again.uid, again.display_name) == (first.uid, "changed since")
     assert _session_names(client, parent) == [first.name]
 
 
@@ -171,3 +175,85 @@ def test_an_expired_request_id_is_a_new_call(server_factory: ServerFactory) -> N
         first = client.create_session(parent="namespaces/default", session=template, request_id=rid)
         second = client.create_session(parent="namespaces/default", session=template, request_id=rid)
     assert second.name != first.name  # the record had expired: the call ran again
+
+
+# --- what a request id keeps (DESIGN.md "Writes") -----------------------------------------------
+
+
+def test_a_request_id_keeps_the_created_name_not_the_response(
+    server: ServerProcess, client: SessionsClient, parent: str, namespace: str, agent: str
+) -> None:
+    rid = _rid()
+    made = client.create_session(
+        parent=parent, session=Session(kind=Session.KIND_TRIGGER, agent=agent), request_id=rid
+    )
+    assert claims(server.database_url, namespace)[-1] == (rid, "CreateSession", made.name)
+    assert "response" not in columns(server.database_url, "idempotency")
+
+
+def test_a_find_that_finds_writes_nothing(
+    server: ServerProcess, client: SessionsClient, parent: str, namespace: str, agent: str
+) -> None:
+    key = ExternalConversation(agent=agent, channel="slack", conversation_id="C1")
+    created_by = _rid()
+    made = client.find_or_create_session(parent=parent, external_conversation=key, request_id=created_by)
+    user = client.find_or_create_participant(
+        parent=parent, kind=Participant.KIND_USER, external_id="U1", request_id=_rid()
+    )
+    before = claims(server.database_url, namespace)
+    for _ in range(3):
+        found = client.find_or_create_session(parent=parent, external_conversation=key, request_id=_rid())
+        assert (found.session.name, found.created) == (made.session.name, False)
+        again = client.find_or_create_participant(
+            parent=parent, kind=Participant.KIND_USER, external_id="U1", request_id=_rid()
+        )
+        assert (again.participant.name, again.created) == (user.participant.name, False)
+    assert claims(server.database_url, namespace) == before
+    assert [(method, name) for _, method, name in before if method.startswith("FindOrCreate")] == [
+        ("FindOrCreateSession", made.session.name),
+        ("FindOrCreateParticipant", user.participant.name),
+    ]
+    # The call that created, retried, still says it created.
+    retried = client.find_or_create_session(parent=parent, external_conversation=key, request_id=created_by)
+    assert (retried.session.name, retried.created) == (made.session.name, True)
+
+
+async def test_concurrent_find_or_create_duplicates_make_one_session(
+    aclient: AsyncSessionsClient, client: SessionsClient, parent: str, agent: str
+) -> None:
+    key = ExternalConversation(agent=agent, conversation_id="new-1")
+    rid = _rid()
+    same = await asyncio.gather(
+        *[
+            aclient.find_or_create_session(parent=parent, external_conversation=key, request_id=rid)
+            for _ in range(32)
+        ]
+    )
+    assert {(r.session.name, r.created) for r in same} == {
+        (same[0].session.name, True)
+    }  # all retries of one call
+    key = ExternalConversation(agent=agent, conversation_id="new-2")
+    distinct = await asyncio.gather(
+        *[
+            aclient.find_or_create_session(parent=parent, external_conversation=key, request_id=_rid())
+            for _ in range(32)
+        ]
+    )
+    assert len({r.session.name for r in distinct}) == 1
+    assert sum(r.created for r in distinct) == 1  # 32 calls: one created, 31 found
+    assert len(_session_names(client, parent)) == 2
+
+
+def test_a_retry_answers_the_created_session_even_once_it_is_deleted(
+    client: SessionsClient, parent: str, agent: str
+) -> None:
+    key = ExternalConversation(agent=agent, conversation_id="gone")
+    rid = _rid()
+    made = client.find_or_create_session(parent=parent, external_conversation=key, request_id=rid)
+    client.delete_session(name=made.session.name)
+    retried = client.find_or_create_session(parent=parent, external_conversation=key, request_id=rid)
+    assert (retried.session.name, retried.created) == (made.session.name, True)
+    assert retried.session.HasField("delete_time")  # as it is now
+    fresh = client.find_or_create_session(parent=parent, external_conversation=key, request_id=_rid())
+    assert fresh.created
+    assert fresh.session.name != made.session.name

@@ -72,7 +72,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -80,7 +80,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server import auth
 from tether.server.config import Settings, is_loopback, is_sqlite_memory, split_host_port
-from tether.server.db.base import Database
+from tether.server.db.base import Database, open_database
 from tether.server.db.engine import create_engine, ping
 from tether.server.db.migrate import migrate
 from tether.server.db.sweeper import sweep
@@ -134,6 +134,27 @@ def load_source_info() -> dict[str, descriptor_pb2.SourceCodeInfo]:
     return {f.name: f.source_code_info for f in files if f.HasField("source_code_info")}
 
 
+def _service_of_method(symbol: str) -> str:
+    """`pkg.Service.Method` -> `pkg.Service`; any other symbol as it is. protobuf's pool
+    does not index methods, so `grpcurl describe pkg.Service.Method` would be NOT_FOUND."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileContainingSymbol(symbol)
+    except KeyError:
+        service, _, method = symbol.rpartition(".")
+        with contextlib.suppress(KeyError):
+            if method in pool.FindServiceByName(service).methods_by_name:
+                return service
+    return symbol
+
+
+async def _methods_as_services(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request.HasField("file_containing_symbol"):
+            request.file_containing_symbol = _service_of_method(request.file_containing_symbol)
+        yield request
+
+
 class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
     """Server reflection whose file descriptors carry their comments.
 
@@ -142,29 +163,18 @@ class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: i
     """
 
     def __init__(self, service_names: tuple[str, ...], source_info: Mapping[str, Any]) -> None:
-        super().__init__(service_names)
+        super().__init__(service_names, pool=descriptor_pool.Default())
         self._source_info = source_info
 
     async def ServerReflectionInfo(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for response in super().ServerReflectionInfo(request_iterator, context):
+        requests = _methods_as_services(request_iterator)
+        async for response in super().ServerReflectionInfo(requests, context):
             if self._source_info and response.HasField("file_descriptor_response"):
                 protos = response.file_descriptor_response.file_descriptor_proto
                 protos[:] = [self._with_comments(serialized) for serialized in protos]
             yield response
-
-    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
-        # protobuf's pool does not index methods (`grpcurl describe pkg.Service.Method`):
-        # answer with the service's file.
-        service, _, method = fully_qualified_name.rpartition(".")
-        try:
-            self._pool.FindFileContainingSymbol(fully_qualified_name)
-        except KeyError:
-            with contextlib.suppress(KeyError):
-                if method in self._pool.FindServiceByName(service).methods_by_name:
-                    fully_qualified_name = service
-        return super()._file_containing_symbol(request, fully_qualified_name)
 
     def _with_comments(self, serialized: bytes) -> bytes:
         proto = descriptor_pb2.FileDescriptorProto.FromString(serialized)
@@ -212,7 +222,7 @@ class TetherServer:
         self.authenticator = authenticator or auth.Authenticator.from_file(settings.auth_file)
         self.address = ""
         self._log = get_logger()
-        self._engine: AsyncEngine | None = None
+        self._db: Database | None = None
         self._ping_engine: AsyncEngine | None = None
         self._server: grpc.aio.Server | None = None
         self._health = ClosingHealthServicer()
@@ -223,13 +233,13 @@ class TetherServer:
     async def start(self) -> str:
         """Migrate if configured, bind, start serving; returns `host:port` as bound."""
         settings = self.settings
-        self._engine = create_engine(settings)
+        self._db = await open_database(settings)
         if settings.migrate_on_start:
             # An in-memory SQLite database exists only in the serving engine: migrate it there.
             memory = is_sqlite_memory(settings.database_url)
-            await migrate(settings.database_url, engine=self._engine if memory else None)
+            await migrate(settings.database_url, engine=self._db.engine if memory else None)
         self._ping_engine = create_engine(settings, pool_size=1)
-        self._server = self._build_server(self._engine)
+        self._server = self._build_server(self._db)
         host, _ = split_host_port(settings.listen)
         credentials = server_credentials(settings)
         if credentials is None:
@@ -251,10 +261,10 @@ class TetherServer:
         )
         return self.address
 
-    def _build_server(self, engine: AsyncEngine) -> grpc.aio.Server:
+    def _build_server(self, db: Database) -> grpc.aio.Server:
         server = grpc.aio.server(options=server_options(self.settings))
         guard = CallGuard(AccessPolicy(self.authenticator))
-        servicer = build_servicer(engine, self.settings)
+        servicer = build_servicer(db, self.settings)
         server.add_generic_rpc_handlers((guard.service_handler(servicer, SESSION_SERVICE),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
@@ -283,9 +293,10 @@ class TetherServer:
         self._health.close()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
-        for engine in (self._engine, self._ping_engine):
-            if engine is not None:
-                await engine.dispose()
+        if self._db is not None:
+            await self._db.close()
+        if self._ping_engine is not None:
+            await self._ping_engine.dispose()
 
     async def _set_health(self, healthy: bool) -> None:
         status = (
@@ -298,7 +309,7 @@ class TetherServer:
     async def _watch_database(self) -> None:
         """Flip health when the database stops or starts answering."""
         assert self._ping_engine is not None
-        assert self._engine is not None
+        assert self._db is not None
         while True:
             await asyncio.sleep(self.settings.health_interval)
             healthy = await ping(self._ping_engine)
@@ -307,7 +318,7 @@ class TetherServer:
             await self._set_health(healthy)
             if healthy:
                 # Pooled connections from before the outage are likely dead: start afresh.
-                await self._engine.dispose()
+                await self._db.reset_connections()
                 self._log.info("database_reachable")
             else:
                 self._log.warning("database_unreachable")
@@ -315,10 +326,10 @@ class TetherServer:
     async def _sweep_periodically(self) -> None:
         """Expire and purge every `sweep_interval` seconds; an error is logged,
         never fatal: the next round tries again."""
-        assert self._engine is not None
         # The request pool, not one of its own: a sweep holds one connection
         # for one short batch at a time, and the pool size stays the budget.
-        db = Database(self._engine, self.settings.retention)
+        db = self._db
+        assert db is not None
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
             try:

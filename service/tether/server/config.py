@@ -222,7 +222,8 @@ class Settings(BaseSettings):
         default=10,
         ge=1,
         description="database connections per server process (a hard cap: replicas x pool size is the "
-        "connection budget)",
+        "connection budget; on PostgreSQL a third, at least one, serve transactions and lists, the rest "
+        "the hot single statements)",
     )
     health_interval: float = Field(
         default=1.0,

@@ -368,8 +368,8 @@ def from_database_error(error: Exception) -> ApiError | None:
     caller of the statement knows which resource collided); what reaches here
     is connectivity trouble (UNAVAILABLE, safe to retry), a lost race (ABORTED)
     or a bug (None: the call guard answers INTERNAL and logs it). The error is
-    SQLAlchemy's, or the driver's own where a hot path runs on the raw asyncpg
-    connection (`db.base.Prepared`): both carry the SQLSTATE.
+    SQLAlchemy's, or asyncpg's own where a hot statement runs on the hot pool
+    (`db.hot`): both carry the SQLSTATE.
     """
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return unavailable()

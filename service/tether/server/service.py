@@ -14,7 +14,6 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server import auth, convert, errors, etags, names
 from tether.server.db import idempotency as idempotency_db
@@ -76,8 +75,8 @@ def _new_id(given: str, path: str, v: Violations) -> str:
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     """The servicer; stateless apart from the database handle."""
 
-    def __init__(self, engine: AsyncEngine, retention: timedelta, request_id_ttl: timedelta) -> None:
-        self._db = Database(engine, retention)
+    def __init__(self, db: Database, request_id_ttl: timedelta) -> None:
+        self._db = db
         self._lister = Lister(self._db)
         self._request_id_ttl = request_id_ttl
 
@@ -87,29 +86,50 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         whether the caller may change managed resources."""
         return WriteCondition(etags.parse(etag), may_manage=_may_manage())
 
-    async def _once(
+    def _claim(self, scope: str, request: Any) -> idempotency_db.Claim | None:
+        """The request id of a creating call (AIP-155), or None when it sent none."""
+        return idempotency_db.new_claim(scope, request, self._request_id_ttl)
+
+    async def _created(
         self,
-        scope: str,
-        request: Message,
-        request_id: str,
-        response_type: type[_Response],
+        claim: idempotency_db.Claim | None,
         action: Callable[[], Awaitable[_Response]],
+        replay: Callable[[str], Awaitable[_Response]],
     ) -> _Response:
-        """Run a creating call at most once per `request_id` (AIP-155): the claim,
-        the effect and the recorded response commit together."""
-        if not request_id:
+        """Run a creating call whose data-layer write claims `claim`. A retry of an
+        earlier call (the data layer found the claim, or the write was refused and the
+        claim is there) answers what that call created, as it is now: `replay(name)`."""
+        try:
             return await action()
-        method = type(request).__name__.removesuffix("Request")
-        print_ = idempotency_db.fingerprint(method, request)
-        async with self._db.transaction() as conn:
-            replay = await idempotency_db.claim(
-                self._db, conn, scope, request_id, method, print_, self._request_id_ttl
-            )
-            if replay is not None:
-                return response_type.FromString(replay)
-            response = await action()
-            await idempotency_db.record(conn, scope, request_id, response.SerializeToString())
-            return response
+        except idempotency_db.Replayed as replayed:
+            return await replay(replayed.resource)
+        except errors.ApiError:
+            if claim is None:
+                raise
+            async with self._db.read() as conn:
+                resource = await idempotency_db.taken(conn, claim)
+            if resource is None:
+                raise
+            return await replay(resource)
+
+    async def _namespace(self, name: str) -> namespace_pb2.Namespace:
+        return convert.namespace_to_proto(await namespace_db.get(self._db, names.parse_namespace(name)))
+
+    async def _participant(self, name: str) -> participant_pb2.Participant:
+        ref = names.parse_participant(name)
+        return convert.participant_to_proto(
+            await participant_db.get(self._db, ref.namespace, ref.participant)
+        )
+
+    async def _session(self, name: str) -> session_pb2.Session:
+        ref = names.parse_session(name)
+        return convert.session_to_proto(await session_db.get(self._db, ref.namespace, ref.session))
+
+    async def _member(self, name: str) -> session_pb2.Member:
+        ref = names.parse_member(name)
+        return convert.member_to_proto(
+            await member_db.get(self._db, ref.namespace, ref.session, ref.participant)
+        )
 
     # Namespaces --------------------------------------------------------
 
@@ -135,10 +155,12 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         if request.validate_only:
             return convert.namespace_to_proto(values)
 
-        async def create() -> namespace_pb2.Namespace:
-            return convert.namespace_to_proto(await namespace_db.create(self._db, values))
+        claim = self._claim("", request)
 
-        return await self._once("", request, request.request_id, namespace_pb2.Namespace, create)
+        async def create() -> namespace_pb2.Namespace:
+            return convert.namespace_to_proto(await namespace_db.create(self._db, values, claim))
+
+        return await self._created(claim, create, self._namespace)
 
     async def GetNamespace(
         self, request: pb.GetNamespaceRequest, context: Context
@@ -198,10 +220,12 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 {**values, "delete_time": None, "purge_time": None, "version": 1}
             )
 
-        async def create() -> participant_pb2.Participant:
-            return convert.participant_to_proto(await participant_db.create(self._db, values))
+        claim = self._claim(namespace, request)
 
-        return await self._once(namespace, request, request.request_id, participant_pb2.Participant, create)
+        async def create() -> participant_pb2.Participant:
+            return convert.participant_to_proto(await participant_db.create(self._db, values, claim))
+
+        return await self._created(claim, create, self._participant)
 
     async def GetParticipant(
         self, request: pb.GetParticipantRequest, context: Context
@@ -277,19 +301,18 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         values = self._new_participant(namespace, names.new_id(), template, v)
         v.check()
 
+        claim = self._claim(namespace, request)
+
         async def find_or_create() -> pb.FindOrCreateParticipantResponse:
-            row, created = await participant_db.find_or_create(self._db, values)
+            row, created = await participant_db.find_or_create(self._db, values, claim)
             return pb.FindOrCreateParticipantResponse(
                 participant=convert.participant_to_proto(row), created=created
             )
 
-        return await self._once(
-            namespace,
-            request,
-            request.request_id,
-            pb.FindOrCreateParticipantResponse,
-            find_or_create,
-        )
+        async def replay(name: str) -> pb.FindOrCreateParticipantResponse:
+            return pb.FindOrCreateParticipantResponse(participant=await self._participant(name), created=True)
+
+        return await self._created(claim, find_or_create, replay)
 
     # Sessions ----------------------------------------------------------
 
@@ -302,15 +325,16 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         new = session_rules.new_session(namespace, session_id, request.session, "session", v)
         v.check()
         if request.validate_only:
-            await session_db.create(self._db, new.values, new.refs, validate_only=True)
+            await session_db.create(self._db, new.values, new.refs, None, validate_only=True)
             return convert.session_to_proto(
                 {**new.values, "delete_time": None, "purge_time": None, "version": 1}
             )
+        claim = self._claim(namespace, request)
 
         async def create() -> session_pb2.Session:
-            return convert.session_to_proto(await session_db.create(self._db, new.values, new.refs))
+            return convert.session_to_proto(await session_db.create(self._db, new.values, new.refs, claim))
 
-        return await self._once(namespace, request, request.request_id, session_pb2.Session, create)
+        return await self._created(claim, create, self._session)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> session_pb2.Session:
         ref = names.parse_session(request.name)
@@ -418,24 +442,24 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 namespace, values["agent"], values["channel"], values["external_conversation_id"]
             )
 
+        claim = self._claim(namespace, request)
+
         async def find_or_create() -> pb.FindOrCreateSessionResponse:
             row, created = await session_db.find_or_create(
                 self._db,
                 target,
                 values,
                 new.refs,
+                claim,
                 fixed=fixed,
                 undelete_if_deleted=request.undelete_if_deleted,
             )
             return pb.FindOrCreateSessionResponse(session=convert.session_to_proto(row), created=created)
 
-        return await self._once(
-            namespace,
-            request,
-            request.request_id,
-            pb.FindOrCreateSessionResponse,
-            find_or_create,
-        )
+        async def replay(name: str) -> pb.FindOrCreateSessionResponse:
+            return pb.FindOrCreateSessionResponse(session=await self._session(name), created=True)
+
+        return await self._created(claim, find_or_create, replay)
 
     async def RecordActivity(
         self, request: pb.RecordActivityRequest, context: Context
@@ -467,12 +491,16 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         assert participant is not None
         role = request.member.role or session_pb2.Member.ROLE_MEMBER
 
+        claim = self._claim(ref.namespace, request)
+
         async def add() -> session_pb2.Member:
             condition = self._write_condition("")
-            row = await member_db.add(self._db, ref.namespace, ref.session, participant, role, condition)
+            row = await member_db.add(
+                self._db, ref.namespace, ref.session, participant, role, condition, claim
+            )
             return convert.member_to_proto(row)
 
-        return await self._once(ref.namespace, request, request.request_id, session_pb2.Member, add)
+        return await self._created(claim, add, self._member)
 
     async def UpdateMember(self, request: pb.UpdateMemberRequest, context: Context) -> session_pb2.Member:
         ref = names.parse_member(request.member.name, "member.name")
@@ -516,6 +544,6 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         yield  # makes this an async generator, as a server-streaming handler must be
 
 
-def build_servicer(engine: AsyncEngine, settings: Any) -> SessionService:
+def build_servicer(db: Database, settings: Any) -> SessionService:
     """What the server assembly registers."""
-    return SessionService(engine, settings.retention, settings.request_id_ttl)
+    return SessionService(db, settings.request_id_ttl)

@@ -1,21 +1,63 @@
-"""Request ids (AIP-155): claim a request id and record the response, inside
-the transaction of the call's effect, so a retry (even after a restart, even on
-another replica) gets the first response and concurrent duplicates make one
-effect."""
+"""Request ids (AIP-155, DESIGN.md "Writes").
+
+A creating call with a `request_id` claims it in the statement (PostgreSQL's hot
+creates) or transaction that creates, keeping only the created resource's name. A
+retry (after a restart, on another replica, or concurrently: the duplicate waits on
+the claim's unique key until the first commits) finds the claim and answers that
+resource as it is now. A FindOrCreate call that finds writes nothing: its lookup
+reads the claim in the same statement, so a retry of a call that created still
+answers `created = true`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors
-from tether.server.db.base import Database, utcnow
-from tether.server.db.schema import idempotency
+from tether.server.db.base import Database, Row, utcnow
+from tether.server.db.schema import UTCDateTime, idempotency
 from tether.server.errors import Reason
+
+PRIMARY_KEY = "pk_idempotency"
+
+
+class Replayed(Exception):  # noqa: N818 (not an error: the outcome of a retry)
+    """An earlier call with this request id and payload created `resource`: answer it."""
+
+    def __init__(self, resource: str) -> None:
+        super().__init__(resource)
+        self.resource = resource
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A call's request id: who claims it (`scope`: the namespace, "" for namespaces),
+    for which method and payload, and until when."""
+
+    scope: str
+    request_id: str
+    method: str
+    fingerprint: str
+    now: datetime
+    expire_time: datetime
+
+    def row(self, resource: str) -> dict[str, Any]:
+        return {
+            "namespace": self.scope,
+            "request_id": self.request_id,
+            "method": self.method,
+            "fingerprint": self.fingerprint,
+            "resource": resource,
+            "create_time": self.now,
+            "expire_time": self.expire_time,
+        }
 
 
 def fingerprint(method: str, request: Message) -> str:
@@ -28,49 +70,105 @@ def fingerprint(method: str, request: Message) -> str:
     return digest.hexdigest()
 
 
-async def claim(
-    db: Database,
-    conn: AsyncConnection,
-    scope: str,
-    request_id: str,
-    method: str,
-    request_fingerprint: str,
-    ttl: timedelta,
-) -> bytes | None:
-    """Claim `request_id` for this call: None when it is new (or its old record
-    expired); the recorded response when this is a repeat. A concurrent
-    duplicate waits here (on the row's lock) until the first call commits."""
+def new_claim(scope: str, request: Any, ttl: timedelta) -> Claim | None:
+    """The claim of `request` (which has a `request_id` field), or None when it has none."""
+    if not request.request_id:
+        return None
+    method = type(request).__name__.removesuffix("Request")
     now = utcnow()
-    values = {
-        "namespace": scope,
-        "request_id": request_id,
-        "method": method,
-        "fingerprint": request_fingerprint,
-        "response": None,
-        "create_time": now,
-        "expire_time": now + ttl,
-    }
+    return Claim(scope, request.request_id, method, fingerprint(method, request), now, now + ttl)
+
+
+# A lookup joins the claim (if any) of its call: one statement reads both.
+CLAIM_COLUMNS = [
+    idempotency.c.resource.label("claim_resource"),
+    idempotency.c.method.label("claim_method"),
+    idempotency.c.fingerprint.label("claim_fingerprint"),
+]
+CLAIM_JOIN_ON: ColumnElement[bool] = and_(
+    idempotency.c.namespace == bindparam("c_scope"),
+    idempotency.c.request_id == bindparam("c_request_id"),
+    idempotency.c.expire_time > bindparam("c_now", type_=UTCDateTime()),
+)
+
+
+def claim_params(scope: str, claim: Claim | None) -> dict[str, Any]:
+    """The parameters of `CLAIM_JOIN_ON` (no request id: a NULL that matches nothing)."""
+    if claim is None:
+        return {"c_scope": scope, "c_request_id": None, "c_now": utcnow()}
+    return {"c_scope": claim.scope, "c_request_id": claim.request_id, "c_now": claim.now}
+
+
+def claimed_by(claim: Claim | None, row: Row) -> str | None:
+    """What a lookup's joined claim says: None when the request id is not claimed;
+    the resource an identical earlier call created; REQUEST_ID_CONFLICT when the
+    request id was used for another request."""
+    if claim is None or row["claim_resource"] is None:
+        return None
+    if row["claim_method"] != claim.method or row["claim_fingerprint"] != claim.fingerprint:
+        raise conflict(claim)
+    resource: str = row["claim_resource"]
+    return resource
+
+
+def conflict(claim: Claim) -> errors.ApiError:
+    return errors.ApiError(
+        Reason.REQUEST_ID_CONFLICT,
+        f"request_id {claim.request_id!r} was already used for a different request",
+        metadata={"request_id": claim.request_id},
+    )
+
+
+async def record(db: Database, conn: AsyncConnection, claim: Claim | None, resource: str) -> None:
+    """Claim the request id for `resource` in `conn`'s transaction. Taken already:
+    Replayed or REQUEST_ID_CONFLICT (the caller's transaction then rolls back, its
+    effect with it). An expired claim the sweeper has not purged yet is taken over."""
+    if claim is None:
+        return
+    values = claim.row(resource)
     insert = db.insert(idempotency).values(values)
     stmt = insert.on_conflict_do_update(
         index_elements=[idempotency.c.namespace, idempotency.c.request_id],
         set_={k: insert.excluded[k] for k in values if k not in ("namespace", "request_id")},
-        where=idempotency.c.expire_time <= now,
+        where=idempotency.c.expire_time <= claim.now,
     ).returning(idempotency.c.request_id)
-    if (await conn.execute(stmt)).first() is not None:
-        return None
-    key = (idempotency.c.namespace == scope) & (idempotency.c.request_id == request_id)
-    row = (await conn.execute(select(idempotency).where(key))).mappings().one()
-    if row["method"] != method or row["fingerprint"] != request_fingerprint or row["response"] is None:
-        raise errors.ApiError(
-            Reason.REQUEST_ID_CONFLICT,
-            f"request_id {request_id!r} was already used for a different request",
-            metadata={"request_id": request_id},
-        )
-    response: bytes = row["response"]
-    return response
+    if (await conn.execute(stmt)).first() is None:
+        await raise_if_taken(conn, claim)
 
 
-async def record(conn: AsyncConnection, scope: str, request_id: str, response: bytes) -> None:
-    """Store the response of a claimed request id (same transaction as the effect)."""
-    key = (idempotency.c.namespace == scope) & (idempotency.c.request_id == request_id)
-    await conn.execute(update(idempotency).where(key).values(response=response))
+async def taken(conn: AsyncConnection, claim: Claim) -> str | None:
+    """The resource an identical earlier call created under this request id (unexpired),
+    None when it is unclaimed; REQUEST_ID_CONFLICT when it was used for another request."""
+    stmt = select(*CLAIM_COLUMNS).where(CLAIM_JOIN_ON)
+    row = (await conn.execute(stmt, claim_params(claim.scope, claim))).mappings().first()
+    return None if row is None else claimed_by(claim, row)
+
+
+async def raise_if_taken(conn: AsyncConnection, claim: Claim | None) -> None:
+    """Replayed or REQUEST_ID_CONFLICT when the request id is claimed (unexpired)."""
+    if claim is None:
+        return
+    resource = await taken(conn, claim)
+    if resource is not None:
+        raise Replayed(resource)
+
+
+async def drop_if_expired(db: Database, claim: Claim) -> bool:
+    """Delete the claim's row if it has expired (the sweeper had not got to it): True
+    when one was deleted, so the caller may claim again."""
+    key = (idempotency.c.namespace == claim.scope) & (idempotency.c.request_id == claim.request_id)
+    stmt = (
+        delete(idempotency)
+        .where(key, idempotency.c.expire_time <= claim.now)
+        .returning(idempotency.c.request_id)
+    )
+    async with db.statement() as conn:
+        return (await conn.execute(stmt)).first() is not None
+
+
+def is_claim_collision(error: Exception) -> bool:
+    """Whether a failed statement collided on the claim's primary key."""
+    orig = getattr(error, "orig", error)
+    return (
+        getattr(orig, "sqlstate", None) == "23505" and getattr(orig, "constraint_name", None) == PRIMARY_KEY
+    )

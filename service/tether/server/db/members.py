@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, etags, names
+from tether.server.db import idempotency as idempotency_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, utcnow
 from tether.server.db.schema import members, participants, sessions
@@ -98,9 +99,22 @@ async def _check_manageable(
         raise managed_refused(names.participant_name(namespace, participant))
 
 
+async def get(db: Database, namespace: str, session: str, participant: str) -> Row:
+    async with db.read() as conn:
+        return await _get(conn, namespace, session, participant)
+
+
 async def add(
-    db: Database, namespace: str, session: str, participant: str, role: int, condition: WriteCondition
+    db: Database,
+    namespace: str,
+    session: str,
+    participant: str,
+    role: int,
+    condition: WriteCondition,
+    claim: idempotency_db.Claim | None,
 ) -> Row:
+    """Add a member (and move the session's member_count), claiming the request id
+    (if any) in the same transaction."""
     now = utcnow()
     values = {
         "namespace": namespace,
@@ -122,8 +136,10 @@ async def add(
         inserted = await conn.execute(
             db.insert(members).values(values).on_conflict_do_nothing().returning(members.c.participant)
         )
+        name = names.member_name(namespace, session, participant)
         if inserted.first() is None:
-            raise errors.already_exists(Resource.MEMBER, names.member_name(namespace, session, participant))
+            raise errors.already_exists(Resource.MEMBER, name)
+        await idempotency_db.record(db, conn, claim, name)
         return await _get(conn, namespace, session, participant)
 
 

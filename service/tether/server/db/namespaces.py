@@ -7,18 +7,22 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, select
 
 from tether.server import errors, etags, names
+from tether.server.db import idempotency as idempotency_db
 from tether.server.db.base import Database, Row
 from tether.server.db.schema import namespaces, participants, sessions
 from tether.server.errors import Reason, Resource
 from tether.server.etags import Etag
 
 
-async def create(db: Database, values: dict[str, Any]) -> Row:
+async def create(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row:
+    """Insert a namespace, claiming the request id (if any) in the same transaction."""
     stmt = db.insert(namespaces).values(values).on_conflict_do_nothing().returning(namespaces)
-    async with db.statement() as conn:
+    name = names.namespace_name(values["namespace"])
+    async with db.transaction() as conn:
         row: Row | None = (await conn.execute(stmt)).mappings().first()
-    if row is None:
-        raise errors.already_exists(Resource.NAMESPACE, names.namespace_name(values["namespace"]))
+        if row is None:
+            raise errors.already_exists(Resource.NAMESPACE, name)
+        await idempotency_db.record(db, conn, claim, name)
     return row
 
 

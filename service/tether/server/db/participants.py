@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
+from tether.server.db import idempotency as idempotency_db
 from tether.server.db.base import Database, Row, constraint_kind, utcnow
-from tether.server.db.schema import participants
+from tether.server.db.schema import idempotency, participants
 from tether.server.db.write_condition import WriteCondition
 from tether.server.errors import Reason, Resource
 
@@ -30,24 +32,38 @@ def _external_id_taken(external_id: str) -> errors.ApiError:
     )
 
 
+_COLUMNS = [c.name for c in participants.columns]
+_GET_SQL = "SELECT {} FROM participants WHERE namespace = $1 AND participant = $2".format(
+    ", ".join(f'"{name}"' for name in _COLUMNS)
+)
+
+
 async def get(db: Database, namespace: str, participant: str) -> Row:
-    async with db.read() as conn:
-        row: Row | None = (
-            (await conn.execute(select(participants).where(_pk(namespace, participant)))).mappings().first()
-        )
+    row: Row | None
+    if db.hot is not None:
+        row = await db.hot.fetchrow(_GET_SQL, namespace, participant)
+    else:
+        async with db.read() as conn:
+            row = (
+                (await conn.execute(select(participants).where(_pk(namespace, participant))))
+                .mappings()
+                .first()
+            )
     if row is None:
         raise errors.not_found(Resource.PARTICIPANT, names.participant_name(namespace, participant))
     return row
 
 
-async def create(db: Database, values: dict[str, Any]) -> Row:
-    """Insert a participant; PK and live external_id collisions are ALREADY_EXISTS."""
+async def create(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row:
+    """Insert a participant, claiming the request id (if any) in the same transaction;
+    PK and live external_id collisions are ALREADY_EXISTS."""
     stmt = db.insert(participants).values(values).on_conflict_do_nothing().returning(participants)
     try:
         async with db.transaction() as conn:
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 await _raise_create_conflict(conn, values)
+            await idempotency_db.record(db, conn, claim, _name(values))
     except IntegrityError as exc:
         if constraint_kind(exc) == "foreign_key":
             raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
@@ -56,26 +72,86 @@ async def create(db: Database, values: dict[str, Any]) -> Row:
     return row
 
 
+def _name(values: Mapping[str, Any]) -> str:
+    return names.participant_name(values["namespace"], values["participant"])
+
+
 async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) -> None:
     pk = _pk(values["namespace"], values["participant"])
     if (await conn.execute(select(participants.c.uid).where(pk))).first() is not None:
-        name = names.participant_name(values["namespace"], values["participant"])
-        raise errors.already_exists(Resource.PARTICIPANT, name)
+        raise errors.already_exists(Resource.PARTICIPANT, _name(values))
     raise _external_id_taken(values["external_id"])
 
 
-async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, bool]:
+# The lookup of FindOrCreateParticipant, joined with the call's claim (one statement),
+# and its hot SQL twin.
+_LOOKUP = (
+    select(participants, *idempotency_db.CLAIM_COLUMNS)
+    .select_from(participants.outerjoin(idempotency, idempotency_db.CLAIM_JOIN_ON))
+    .where(
+        participants.c.namespace == bindparam("p_namespace"),
+        participants.c.kind == bindparam("p_kind"),
+        participants.c.external_id == bindparam("p_external_id"),
+        participants.c.delete_time.is_(None),
+    )
+)
+_LOOKUP_SQL = (
+    "SELECT {}, i.resource AS claim_resource, i.method AS claim_method, i.fingerprint AS claim_fingerprint "
+    "FROM participants p LEFT JOIN idempotency i "
+    "ON i.namespace = $1 AND i.request_id = $4 AND i.expire_time > $5 "
+    "WHERE p.namespace = $1 AND p.kind = $2 AND p.external_id = $3 AND p.delete_time IS NULL"
+).format(", ".join(f'p."{name}"' for name in _COLUMNS))
+
+
+async def _lookup(
+    db: Database, conn: AsyncConnection | None, values: dict[str, Any], claim: idempotency_db.Claim | None
+) -> Row | None:
+    """The live participant with the key of `values`, with the claim joined; on the hot
+    pool unless `conn` (a transaction's connection) is given."""
+    joined = idempotency_db.claim_params(values["namespace"], claim)
+    if conn is None and db.hot is not None:
+        return await db.hot.fetchrow(
+            _LOOKUP_SQL,
+            values["namespace"],
+            values["kind"],
+            values["external_id"],
+            joined["c_request_id"],
+            joined["c_now"],
+        )
+    params = {
+        "p_namespace": values["namespace"],
+        "p_kind": values["kind"],
+        "p_external_id": values["external_id"],
+    }
+    if conn is not None:
+        row: Row | None = (await conn.execute(_LOOKUP, {**params, **joined})).mappings().first()
+        return row
+    async with db.read() as reader:
+        return (await reader.execute(_LOOKUP, {**params, **joined})).mappings().first()
+
+
+def _found(row: Row, claim: idempotency_db.Claim | None) -> tuple[Row, bool]:
+    """A live participant found: not created, unless this call's request id created it."""
+    claimed = idempotency_db.claimed_by(claim, row)
+    if claimed is None:
+        return row, False
+    if claimed != _name(row):
+        raise idempotency_db.Replayed(claimed)
+    return row, True
+
+
+async def find_or_create(
+    db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None
+) -> tuple[Row, bool]:
     """The live participant with this namespace + kind + external_id, or a new one.
 
     Atomic: the insert is guarded by the partial unique index, so concurrent
-    callers with one key all end with the same row.
+    callers with one key all end with the same row. Finding writes nothing;
+    creating claims the request id (if any) in the same transaction.
     """
-    key = and_(
-        participants.c.namespace == values["namespace"],
-        participants.c.kind == values["kind"],
-        participants.c.external_id == values["external_id"],
-        participants.c.delete_time.is_(None),
-    )
+    found = await _lookup(db, None, values, claim)
+    if found is not None:
+        return _found(found, claim)
     insert = (
         db.insert(participants)
         .values(values)
@@ -86,23 +162,20 @@ async def find_or_create(db: Database, values: dict[str, Any]) -> tuple[Row, boo
         .returning(participants)
     )
     try:
-        # One statement at a time suffices: the insert is atomic on its own.
-        async with db.statement() as conn:
-            found = (await conn.execute(select(participants).where(key))).mappings().first()
-            if found is not None:
-                return found, False
+        async with db.transaction() as conn:
             created = (await conn.execute(insert)).mappings().first()
             if created is not None:
+                await idempotency_db.record(db, conn, claim, _name(values))
                 return created, True
             # Another caller inserted it between our read and insert: read again.
-            found = (await conn.execute(select(participants).where(key))).mappings().first()
+            found = await _lookup(db, conn, values, claim)
     except IntegrityError as exc:
         if constraint_kind(exc) == "foreign_key":
             raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
         raise
     if found is None:
         raise errors.ApiError(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
-    return found, False
+    return _found(found, claim)
 
 
 async def update_participant(

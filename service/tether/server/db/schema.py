@@ -21,7 +21,6 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -228,8 +227,9 @@ members = Table(
 # `member = "<participant>"` filters and "sessions of a participant".
 Index("ix_members_participant", members.c.namespace, members.c.participant)
 
-# AIP-155 request ids: the first response of a creating call, replayed to
-# retries. Written in the same transaction as the call's effect.
+# AIP-155 request ids: what a creating call created, so a retry answers it
+# (as it is now). Written in the statement or transaction of the call's effect;
+# a FindOrCreate call that finds writes nothing here.
 idempotency = Table(
     "idempotency",
     metadata,
@@ -240,7 +240,8 @@ idempotency = Table(
     # SHA-256 of the request without its request_id: a reuse with another
     # payload is REQUEST_ID_CONFLICT.
     Column("fingerprint", String(64), nullable=False),
-    Column("response", LargeBinary, nullable=True),
+    # The created resource's name (a replay reads the resource as it is now).
+    Column("resource", Text, nullable=False),
     _ts("create_time"),
     _ts("expire_time"),
 )

@@ -8,17 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
+import asyncpg
 from sqlalchemy import (
     ColumnElement,
+    Select,
     and_,
     bindparam,
     case,
-    exists,
-    literal,
     or_,
     select,
-    true,
-    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -26,8 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
-from tether.server.db.base import Database, Prepared, Row, constraint_kind, utcnow
-from tether.server.db.schema import UTCDateTime, members, namespaces, participants, sessions
+from tether.server.db import idempotency as idempotency_db
+from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.schema import UTCDateTime, idempotency, members, namespaces, participants, sessions
 from tether.server.db.write_condition import WriteCondition
 from tether.server.errors import Reason, Resource
 from tether.v1 import participant_pb2, session_pb2
@@ -54,37 +53,63 @@ class ParticipantRef:
     kind: int
 
 
+# The session columns, in table order, for hand-written SQL ("user" is a keyword).
+_COLUMNS = [c.name for c in sessions.columns]
+
+
+def _columns(prefix: str = "") -> str:
+    return ", ".join(f'{prefix}"{name}"' for name in _COLUMNS)
+
+
+_CLAIM_SELECT = "i.resource AS claim_resource, i.method AS claim_method, i.fingerprint AS claim_fingerprint"
+_CLAIM_JOIN = "LEFT JOIN idempotency i ON i.namespace = $1 AND i.request_id = {rid} AND i.expire_time > {now}"
+
+
 @dataclass(frozen=True)
 class ConflictTarget:
-    """A live-session unique key: how to find the row (`lookup`, a statement
-    built once, with `params`), the key's columns and values (`key`, for rows
-    deleted ones too) and how to guard the insert. Nothing here is built per
-    call beyond the dicts: the hot path only runs the lookup."""
+    """A live-session unique key: its lookup (a Core statement and its hot SQL twin,
+    both joined with the call's claim, built once), the lookup's parameters, and the
+    key's columns and values (`key`, for rows deleted ones too). Nothing here is
+    built per call beyond the dicts."""
 
     key: dict[str, str]
     index_elements: Sequence[Any]
     index_where: ColumnElement[bool]
-    lookup: Prepared
+    lookup: Select[Any]
+    lookup_sql: str
     params: dict[str, str]
 
     def where(self) -> ColumnElement[bool]:
         """The key as a condition, matching deleted rows too."""
         return and_(*(sessions.c[column] == value for column, value in self.key.items()))
 
+    def hot_args(self, claim: idempotency_db.Claim | None) -> list[Any]:
+        """`lookup_sql`'s arguments: the key's values, then the claim's request id and clock."""
+        joined = idempotency_db.claim_params(self.key["namespace"], claim)
+        return [*self.params.values(), joined["c_request_id"], joined["c_now"]]
+
 
 _LIVE = sessions.c.delete_time.is_(None)
 _NAMESPACE_PARAM = sessions.c.namespace == bindparam("p_namespace")
-_CONVERSATION_LOOKUP = Prepared(
-    select(sessions).where(
-        _NAMESPACE_PARAM,
-        sessions.c.agent == bindparam("p_agent"),
-        sessions.c.channel == bindparam("p_channel"),
-        sessions.c.external_conversation_id == bindparam("p_conversation"),
-        _LIVE,
-    )
+_WITH_CLAIM = select(sessions, *idempotency_db.CLAIM_COLUMNS).select_from(
+    sessions.outerjoin(idempotency, idempotency_db.CLAIM_JOIN_ON)
 )
-_AGENT_PAIR_LOOKUP = Prepared(
-    select(sessions).where(_NAMESPACE_PARAM, sessions.c.agent_pair == bindparam("p_pair"), _LIVE)
+_CONVERSATION_LOOKUP = _WITH_CLAIM.where(
+    _NAMESPACE_PARAM,
+    sessions.c.agent == bindparam("p_agent"),
+    sessions.c.channel == bindparam("p_channel"),
+    sessions.c.external_conversation_id == bindparam("p_conversation"),
+    _LIVE,
+)
+_CONVERSATION_LOOKUP_SQL = (
+    f"SELECT {_columns('s.')}, {_CLAIM_SELECT} FROM sessions s {_CLAIM_JOIN.format(rid='$5', now='$6')} "
+    "WHERE s.namespace = $1 AND s.agent = $2 AND s.channel = $3 AND s.external_conversation_id = $4 "
+    "AND s.delete_time IS NULL"
+)
+_AGENT_PAIR_LOOKUP = _WITH_CLAIM.where(_NAMESPACE_PARAM, sessions.c.agent_pair == bindparam("p_pair"), _LIVE)
+_AGENT_PAIR_LOOKUP_SQL = (
+    f"SELECT {_columns('s.')}, {_CLAIM_SELECT} FROM sessions s {_CLAIM_JOIN.format(rid='$3', now='$4')} "
+    "WHERE s.namespace = $1 AND s.agent_pair = $2 AND s.delete_time IS NULL"
 )
 
 
@@ -114,6 +139,7 @@ def conversation_target(namespace: str, agent: str, channel: str, conversation_i
         index_elements=_CONVERSATION_ELEMENTS,
         index_where=CONVERSATION_INDEX_WHERE,
         lookup=_CONVERSATION_LOOKUP,
+        lookup_sql=_CONVERSATION_LOOKUP_SQL,
         params={
             "p_namespace": namespace,
             "p_agent": agent,
@@ -129,6 +155,7 @@ def agent_pair_target(namespace: str, pair: str) -> ConflictTarget:
         index_elements=_AGENT_PAIR_ELEMENTS,
         index_where=AGENT_PAIR_INDEX_WHERE,
         lookup=_AGENT_PAIR_LOOKUP,
+        lookup_sql=_AGENT_PAIR_LOOKUP_SQL,
         params={"p_namespace": namespace, "p_pair": pair},
     )
 
@@ -162,19 +189,24 @@ def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
 # costs more than running it (see the README's Performance section).
 _KEY = and_(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
 _SELECT_BY_KEY = select(sessions).where(_KEY)
-_GET = Prepared(_SELECT_BY_KEY)
+_GET_SQL = f"SELECT {_columns()} FROM sessions WHERE namespace = $1 AND session = $2"
 _GET_FOR_UPDATE = _SELECT_BY_KEY.with_for_update()
 _WHEN = bindparam("p_when", type_=UTCDateTime())
-_MOVES = sessions.c.last_activity_time < _WHEN
-_RECORD_ACTIVITY = Prepared(
+_RECORD_ACTIVITY = (
     update(sessions)
     .where(_KEY, sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
     .values(
         # No version bump: activity alone never changes the etag (an etag-guarded update of a
         # live conversation must not be refused because a message arrived).
-        last_activity_time=case((_MOVES, _WHEN), else_=sessions.c.last_activity_time),
+        last_activity_time=case(
+            (sessions.c.last_activity_time < _WHEN, _WHEN), else_=sessions.c.last_activity_time
+        ),
     )
     .returning(sessions)
+)
+_RECORD_ACTIVITY_SQL = (
+    "UPDATE sessions SET last_activity_time = GREATEST(last_activity_time, $3) "
+    f"WHERE namespace = $1 AND session = $2 AND delete_time IS NULL AND enabled RETURNING {_columns()}"
 )
 
 
@@ -184,7 +216,12 @@ def _key(namespace: str, session: str) -> dict[str, str]:
 
 
 async def get(db: Database, namespace: str, session: str) -> Row:
-    row = await db.first(_GET, _key(namespace, session))
+    row: Row | None
+    if db.hot is not None:
+        row = await db.hot.fetchrow(_GET_SQL, namespace, session)
+    else:
+        async with db.read() as conn:
+            row = (await conn.execute(_SELECT_BY_KEY, _key(namespace, session))).mappings().first()
     if row is None:
         raise errors.not_found(Resource.SESSION, _name(namespace, session))
     return row
@@ -205,116 +242,118 @@ async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Ro
     return [rows[i] for i in ids]
 
 
-# CreateSession on PostgreSQL: one autocommit statement instead of a transaction
-# of five round trips. The INSERT happens only if every referenced participant
-# exists in the namespace, is live and enabled and has the right kind; ON
-# CONFLICT covers the id and the live keys; a second data-modifying CTE adds the
-# automatic members. No row back: `check_participants` and
-# `_raise_create_conflict` say why.
+# CreateSession on PostgreSQL: one autocommit statement. The INSERT happens only if
+# every referenced participant exists in the namespace, is live and enabled and has
+# the right kind; ON CONFLICT covers the id and the live keys; a second data-modifying
+# CTE adds the automatic members, a third claims the request id (if any). A request
+# id claimed already fails the whole statement on the claim's primary key (a
+# concurrent duplicate waits there for the first to commit). No row back:
+# `check_participants` and `_raise_create_conflict` say why.
 _NEW_COLUMNS = [c for c in sessions.columns if c.name not in ("delete_time", "purge_time", "version")]
-_NEW = {c.name: bindparam(f"n_{c.name}", type_=c.type) for c in _NEW_COLUMNS}
 
 
-def _usable(field: str, kind: int) -> ColumnElement[bool]:
-    """The participant the new session's `field` names is usable for it."""
-    return exists().where(
-        participants.c.namespace == _NEW["namespace"],
-        participants.c.participant == _NEW[field],
-        participants.c.kind == kind,
-        participants.c.delete_time.is_(None),
-        participants.c.enabled.is_(True),
-    )
-
-
-def _create_statement() -> Prepared:
-    agent = participant_pb2.Participant.KIND_AGENT
-    user = participant_pb2.Participant.KIND_USER
-    inserted = (
-        postgresql.insert(sessions)
-        .from_select(
-            list(_NEW),
-            select(*_NEW.values()).where(
-                _usable("agent", agent),
-                or_(_NEW["user"].is_(None), _usable("user", user)),
-                or_(_NEW["peer_agent"].is_(None), _usable("peer_agent", agent)),
-            ),
-        )
-        .on_conflict_do_nothing()
-        .returning(*sessions.columns)
-        .cte("inserted")
-    )
+def _create_sql() -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    casts = {c.name: f"${i}::{c.type.compile(dialect=dialect)}" for i, c in enumerate(_NEW_COLUMNS, 1)}
+    claim = [f"${i}" for i in range(len(_NEW_COLUMNS) + 1, len(_NEW_COLUMNS) + 7)]
+    request_id, method, fingerprint, resource, claim_now, claim_expire = claim
+    agent_kind, user_kind = participant_pb2.Participant.KIND_AGENT, participant_pb2.Participant.KIND_USER
     owner, member = session_pb2.Member.ROLE_OWNER, session_pb2.Member.ROLE_MEMBER
-    people = union_all(
-        select(_NEW["agent"].label("participant"), literal(owner).label("role")),
-        select(_NEW["user"], literal(member)).where(_NEW["user"].is_not(None)),
-        select(_NEW["peer_agent"], literal(member)).where(_NEW["peer_agent"].is_not(None)),
-    ).subquery("people")
-    add_members = (
-        postgresql.insert(members)
-        .from_select(
-            ["namespace", "session", "participant", "role", "join_time", "update_time"],
-            select(
-                inserted.c.namespace,
-                inserted.c.session,
-                people.c.participant,
-                people.c.role,
-                inserted.c.create_time,
-                inserted.c.create_time,
-            ).select_from(inserted.join(people, true())),
+
+    def usable(field: str, kind: int) -> str:
+        return (
+            f"EXISTS (SELECT 1 FROM participants p WHERE p.namespace = {casts['namespace']} "
+            f"AND p.participant = {casts[field]} AND p.kind = {kind} AND p.delete_time IS NULL AND p.enabled)"
         )
-        .cte("added_members")
+
+    columns = ", ".join(f'"{c.name}"' for c in _NEW_COLUMNS)
+    return (
+        f"WITH inserted AS (INSERT INTO sessions ({columns}) SELECT {', '.join(casts.values())} "
+        f"WHERE {usable('agent', agent_kind)} "
+        f"AND ({casts['user']} IS NULL OR {usable('user', user_kind)}) "
+        f"AND ({casts['peer_agent']} IS NULL OR {usable('peer_agent', agent_kind)}) "
+        f"ON CONFLICT DO NOTHING RETURNING *), "
+        "added_members AS (INSERT INTO members "
+        "(namespace, session, participant, role, join_time, update_time) "
+        "SELECT i.namespace, i.session, m.participant, m.role, i.create_time, i.create_time FROM inserted i "
+        f"CROSS JOIN (VALUES ({casts['agent']}, {owner}), ({casts['user']}, {member}), "
+        f"({casts['peer_agent']}, {member})) AS m (participant, role) WHERE m.participant IS NOT NULL), "
+        "claimed AS (INSERT INTO idempotency (namespace, request_id, method, fingerprint, resource, "
+        f"create_time, expire_time) SELECT i.namespace, {request_id}::varchar, {method}::varchar, "
+        f"{fingerprint}::varchar, {resource}::text, "
+        f"{claim_now}::timestamptz, {claim_expire}::timestamptz FROM inserted i "
+        f"WHERE {request_id}::varchar IS NOT NULL) "
+        f"SELECT {_columns()} FROM inserted"
     )
-    return Prepared(select(inserted).add_cte(add_members))
 
 
-_CREATE = _create_statement()
+_CREATE_SQL = _create_sql()
+
+
+def _create_args(values: dict[str, Any], claim: idempotency_db.Claim | None) -> list[Any]:
+    args = [values.get(c.name) for c in _NEW_COLUMNS]
+    if claim is None:
+        return [*args, None, None, None, None, None, None]
+    resource = _name(values["namespace"], values["session"])
+    return [*args, claim.request_id, claim.method, claim.fingerprint, resource, claim.now, claim.expire_time]
 
 
 async def create(
-    db: Database, values: dict[str, Any], refs: Sequence[ParticipantRef], *, validate_only: bool = False
+    db: Database,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
+    *,
+    validate_only: bool = False,
 ) -> Row:
-    """Insert a session and its automatic members, atomically."""
+    """Insert a session and its automatic members, atomically, claiming the request id
+    (if any) with them; Replayed when the request id was claimed before."""
     if validate_only:
         async with db.read() as conn:
             await check_participants(conn, values["namespace"], refs)
         return values
-    if db.is_postgresql:
-        return await _create_in_one_statement(db, values, refs)
+    if db.hot is not None:
+        return await _create_in_one_statement(db, values, refs, claim)
     stmt = db.insert(sessions).values(values).on_conflict_do_nothing().returning(sessions)
     async with db.transaction() as conn:
+        await idempotency_db.raise_if_taken(conn, claim)
         await check_participants(conn, values["namespace"], refs)
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             await _raise_create_conflict(conn, values)
             raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
         await conn.execute(db.insert(members), member_rows(values))
+        await idempotency_db.record(db, conn, claim, _name(values["namespace"], values["session"]))
     return row
 
 
 async def _create_in_one_statement(
-    db: Database, values: dict[str, Any], refs: Sequence[ParticipantRef]
+    db: Database, values: dict[str, Any], refs: Sequence[ParticipantRef], claim: idempotency_db.Claim | None
 ) -> Row:
-    params = _create_params(values)
     for _ in range(3):
-        row = await _insert_new(db, params)
+        row = await _insert_new(db, values, claim)
         if row is not None:
             return row
         async with db.read() as conn:
+            await idempotency_db.raise_if_taken(conn, claim)
             await check_participants(conn, values["namespace"], refs)
             await _raise_create_conflict(conn, values)
         # Nothing in the way any more (it changed meanwhile): try again.
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the participants changed concurrently; retry")
 
 
-def _create_params(values: dict[str, Any]) -> dict[str, Any]:
-    return {f"n_{column}": value for column, value in values.items()}
-
-
-async def _insert_new(db: Database, params: dict[str, Any]) -> Row | None:
-    """Run `_CREATE`: the new session, or None when it was refused."""
+async def _insert_new(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
+    """Run `_CREATE_SQL` (PostgreSQL): the new session, or None when it was refused.
+    Replayed (or REQUEST_ID_CONFLICT) when the claim collides."""
+    assert db.hot is not None
     try:
-        return await db.first(_CREATE, params, write=True)
-    except Exception as exc:
+        return await db.hot.fetchrow(_CREATE_SQL, *_create_args(values, claim))
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        if claim is not None and idempotency_db.is_claim_collision(exc):
+            async with db.read() as conn:
+                await idempotency_db.raise_if_taken(conn, claim)
+            await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
+            return await _insert_new(db, values, claim)
         # A participant removed between the check and the insert: the caller explains it.
         if constraint_kind(exc) != "foreign_key":
             raise
@@ -326,23 +365,31 @@ async def find_or_create(
     target: ConflictTarget,
     values: dict[str, Any],
     refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
     *,
     fixed: Mapping[str, Any],
     undelete_if_deleted: bool,
 ) -> tuple[Row, bool]:
     """The live session for a key, else a restored or new one. Atomic: the
-    insert is guarded by the key's partial unique index.
+    insert is guarded by the key's partial unique index. A session found writes
+    nothing; one created (or restored) claims the request id with it, and a retry
+    of that call answers `created = true` (the lookup reads the claim).
 
     `fixed`: the columns fixed at creation that the caller's template sets, with
     its values. A session found (or restored) with other values is refused
     (TEMPLATE_MISMATCH), whichever caller created it: every found row is
     compared after it is read, and a restore is compared before its
     transaction commits."""
-    existing = await db.first(target.lookup, target.params)  # the hot path: the key usually exists
-    if existing is not None:
-        return _matching(existing, fixed), False
-    if db.is_postgresql and not undelete_if_deleted:
-        return await _create_or_find(db, target, values, refs, fixed)
+    existing: Row | None
+    if db.hot is not None:
+        existing = await db.hot.fetchrow(target.lookup_sql, *target.hot_args(claim))
+    else:
+        async with db.read() as conn:
+            existing = await _lookup(conn, target, claim)
+    if existing is not None:  # the hot path: the key usually exists
+        return _found(existing, claim, fixed)
+    if db.hot is not None and not undelete_if_deleted:
+        return await _create_or_find(db, target, values, refs, claim, fixed)
     insert = (
         db.insert(sessions)
         .values(values)
@@ -352,21 +399,28 @@ async def find_or_create(
     for _ in range(3):
         try:
             async with db.transaction() as conn:
-                found = (await conn.execute(target.lookup.statement, target.params)).mappings().first()
+                found = await _lookup(conn, target, claim)
                 if found is not None:
-                    return _matching(found, fixed), False
+                    return _found(found, claim, fixed)
+                await idempotency_db.raise_if_taken(conn, claim)  # created, and deleted since
                 if undelete_if_deleted:
                     restored = await _undelete_latest(conn, target)
                     if restored is not None:
+                        await idempotency_db.record(
+                            db, conn, claim, _name(restored["namespace"], restored["session"])
+                        )
                         return _matching(restored, fixed), True  # a mismatch rolls the restore back
                 await check_participants(conn, values["namespace"], refs)
                 created = (await conn.execute(insert)).mappings().first()
                 if created is not None:
                     await conn.execute(db.insert(members), member_rows(values))
+                    await idempotency_db.record(
+                        db, conn, claim, _name(values["namespace"], values["session"])
+                    )
                     return created, True
-                found = (await conn.execute(target.lookup.statement, target.params)).mappings().first()
+                found = await _lookup(conn, target, claim)
                 if found is not None:
-                    return _matching(found, fixed), False
+                    return _found(found, claim, fixed)
         except IntegrityError as exc:
             # A concurrent caller created the live session while we restored an
             # old one; the next round finds theirs.
@@ -375,25 +429,46 @@ async def find_or_create(
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
+async def _lookup(
+    conn: AsyncConnection, target: ConflictTarget, claim: idempotency_db.Claim | None
+) -> Row | None:
+    params = {**target.params, **idempotency_db.claim_params(target.key["namespace"], claim)}
+    row: Row | None = (await conn.execute(target.lookup, params)).mappings().first()
+    return row
+
+
+def _found(row: Row, claim: idempotency_db.Claim | None, fixed: Mapping[str, Any]) -> tuple[Row, bool]:
+    """A live session found for the key: not created, unless this call's request id
+    created it (a retry); Replayed when the request id created another one."""
+    claimed = idempotency_db.claimed_by(claim, row)
+    if claimed is None:
+        return _matching(row, fixed), False
+    if claimed != _name(row["namespace"], row["session"]):
+        raise idempotency_db.Replayed(claimed)
+    return row, True
+
+
 async def _create_or_find(
     db: Database,
     target: ConflictTarget,
     values: dict[str, Any],
     refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
     fixed: Mapping[str, Any],
 ) -> tuple[Row, bool]:
     """PostgreSQL, after the lookup missed: the one-statement create, whose ON
     CONFLICT on the key's unique index lets a concurrent creator win; then
     that caller's session. No transaction needed: each step is atomic."""
-    params = _create_params(values)
+    assert db.hot is not None
     for _ in range(3):
-        created = await _insert_new(db, params)
+        created = await _insert_new(db, values, claim)
         if created is not None:
             return created, True
-        found = await db.first(target.lookup, target.params)
+        found = await db.hot.fetchrow(target.lookup_sql, *target.hot_args(claim))
         if found is not None:
-            return _matching(found, fixed), False
+            return _found(found, claim, fixed)
         async with db.read() as conn:  # refused, and not for the key: say why
+            await idempotency_db.raise_if_taken(conn, claim)
             await check_participants(conn, values["namespace"], refs)
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
@@ -446,10 +521,14 @@ async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row
 
 
 async def record_activity(db: Database, namespace: str, session: str, when: datetime) -> Row:
-    """last_activity_time = max(current, when), in one statement; the etag moves
-    only when the time does."""
-    params = {**_key(namespace, session), "p_when": when}
-    row = await db.first(_RECORD_ACTIVITY, params, write=True)
+    """last_activity_time = max(current, when), in one statement; the etag stays."""
+    row: Row | None
+    if db.hot is not None:
+        row = await db.hot.fetchrow(_RECORD_ACTIVITY_SQL, namespace, session, when)
+    else:
+        async with db.statement() as conn:
+            params = {**_key(namespace, session), "p_when": when}
+            row = (await conn.execute(_RECORD_ACTIVITY, params)).mappings().first()
     if row is None:
         # Why not: missing, deleted or disabled (if it changed since, the caller retries).
         _raise_not_live(await get(db, namespace, session))
