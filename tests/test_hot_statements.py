@@ -119,8 +119,7 @@ async def test_create_and_get_session_match(twins: Twins) -> None:
             await session_db.get(twins.hot, NS, session), await session_db.get(twins.plain, NS, session)
         )
     # The hot create claimed its request id with the session, in the same statement.
-    async with twins.plain.read() as conn:
-        assert await idempotency_db.taken(conn, _claim("r-1")) == f"namespaces/{NS}/sessions/s-hot"
+    assert await twins.plain.query(idempotency_db.taken, _claim("r-1")) == f"namespaces/{NS}/sessions/s-hot"
 
 
 async def test_record_activity_matches(twins: Twins) -> None:

@@ -106,8 +106,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         except errors.ApiError:
             if claim is None:
                 raise
-            async with self._db.read() as conn:
-                resource = await idempotency_db.taken(conn, claim)
+            resource = await self._db.query(idempotency_db.taken, claim)
             if resource is None:
                 raise
             return await replay(resource)

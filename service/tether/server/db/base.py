@@ -7,7 +7,12 @@ Every data-layer call says at its call site which path it runs on:
 - `db.statement()`: a write that is one statement (atomic by itself);
 - `db.transaction()`: several statements that commit together;
 - `db.hot` (PostgreSQL only): the few statements every chat message runs, as
-  plain SQL on an asyncpg pool (`tether.server.db.hot`).
+  plain SQL on an asyncpg pool (`tether.server.db.hot`);
+- `db.write(work)` / `db.query(work)`: `work` is a plain function of a synchronous
+  `Connection`, run in one transaction: on a SQLite file in the threads of
+  `tether.server.db.sqlite_runner` (writes committed in batches), elsewhere through
+  the async engine (`AsyncConnection.run_sync`). The hot calls on SQLite take this
+  path.
 
 There is no ambient transaction: a function that must run inside a caller's
 transaction takes its connection as an argument.
@@ -16,21 +21,25 @@ transaction takes its connection as an argument.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.server import errors
-from tether.server.config import Settings
+from tether.server.config import Settings, is_sqlite_memory
 from tether.server.db.engine import READ_ONLY, create_engine
 from tether.server.db.hot import HotPool
+from tether.server.db.sqlite_runner import SqliteRunner
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 # A row as the data layer hands it on (to `convert`): SQLAlchemy's RowMapping on
 # the SQLAlchemy path, a dict on the hot path; same keys, same value types.
@@ -52,12 +61,24 @@ class Database:
     locked"). Another process on the same file still waits on `busy_timeout`.
     """
 
-    def __init__(self, engine: AsyncEngine, retention: timedelta, hot: HotPool | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        retention: timedelta,
+        hot: HotPool | None = None,
+        *,
+        sqlite_threads: bool = False,
+    ) -> None:
         self.engine = engine
         self.retention = retention
         self.hot = hot
         self.is_postgresql = engine.dialect.name == "postgresql"
         self._writer = asyncio.Lock()
+        self._runner = (
+            SqliteRunner(engine.url.render_as_string(hide_password=False), self._writer)
+            if sqlite_threads
+            else None
+        )
         # What the pool raises, unwrapped, when it cannot connect (SQLAlchemy's
         # driver adapter error; `engine.connect()` would wrap it in DBAPIError).
         self._connect_errors: tuple[type[BaseException], ...] = (
@@ -70,6 +91,28 @@ class Database:
         await self.engine.dispose()
         if self.hot is not None:
             await self.hot.close()
+        if self._runner is not None:
+            await asyncio.to_thread(self._runner.close)
+
+    async def write(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`work(conn, *args, **kwargs)` in a write transaction (see the module docstring)."""
+        call = _bound(work, *args, **kwargs)
+        if self._runner is not None:
+            return await self._runner.write(call)
+        async with self.transaction() as conn:
+            return await conn.run_sync(call)
+
+    async def query(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`work(conn, *args, **kwargs)` in a read-only transaction; it must not write."""
+        call = _bound(work, *args, **kwargs)
+        if self._runner is not None:
+            return await self._runner.read(call)
+        async with self.read() as conn:
+            return await conn.run_sync(call)
 
     async def reset_connections(self) -> None:
         """Drop every pooled connection (after an outage they are likely dead)."""
@@ -146,6 +189,22 @@ def constraint_kind(error: Exception) -> str:
     return "other"
 
 
+def _bound(
+    work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+) -> Callable[[Connection], T]:
+    """`work` with its arguments after the connection bound."""
+
+    def call(conn: Connection) -> T:
+        return work(conn, *args, **kwargs)
+
+    return call
+
+
+def insert_for(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that supports ON CONFLICT on `conn`'s dialect."""
+    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+
+
 def pool_sizes(pool_size: int) -> tuple[int, int]:
     """PostgreSQL: (SQLAlchemy pool, hot pool) sizes within the configured budget: a
     third (at least one) for transactions, lists and the sweeper, the rest for the hot
@@ -158,7 +217,9 @@ async def open_database(settings: Settings) -> Database:
     """The serving handle for `settings`: engine, and on PostgreSQL the hot pool."""
     url = settings.database_url
     if make_url(url).get_backend_name() != "postgresql":
-        return Database(create_engine(settings), settings.retention)
+        # An in-memory database lives in the async engine's one connection: no threads of its own.
+        threads = not is_sqlite_memory(url)
+        return Database(create_engine(settings), settings.retention, sqlite_threads=threads)
     general, hot = pool_sizes(settings.db_pool_size)
     engine = create_engine(settings, pool_size=general)
     return Database(engine, settings.retention, await HotPool.open(url, hot))

@@ -73,13 +73,13 @@ def _sqlite_engine(url: str, pool_size: int) -> AsyncEngine:
         # calls queue for it (SQLAlchemy's StaticPool would hand it to concurrent transactions).
         pool_size = 1
     engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, pool_size=pool_size, max_overflow=0)
-    event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-    event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+    event.listen(engine.sync_engine, "connect", sqlite_on_connect)
+    event.listen(engine.sync_engine, "begin", sqlite_on_begin)
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    # Take BEGIN away from the driver; _sqlite_on_begin emits it instead.
+def sqlite_on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    # Take BEGIN away from the driver; sqlite_on_begin emits it instead.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
@@ -95,7 +95,7 @@ def _sqlite_on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> No
         cursor.close()
 
 
-def _sqlite_on_begin(conn: Connection) -> None:
+def sqlite_on_begin(conn: Connection) -> None:
     deferred = conn.get_execution_options().get(READ_ONLY, False)
     conn.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
 

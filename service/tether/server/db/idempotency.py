@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import ColumnElement, and_, bindparam, delete, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.server import errors
 from tether.server.db.base import Database, Row, utcnow
@@ -119,36 +119,48 @@ def conflict(claim: Claim) -> errors.ApiError:
     )
 
 
-async def record(db: Database, conn: AsyncConnection, claim: Claim | None, resource: str) -> None:
+_CLAIM_VALUES = ("method", "fingerprint", "resource", "create_time", "expire_time")
+
+
+def _claim_upsert(dialect_insert: Any) -> Any:
+    """INSERT the claim; take over an expired one (not yet swept); else no row back."""
+    insert = dialect_insert(idempotency)
+    return insert.on_conflict_do_update(
+        index_elements=[idempotency.c.namespace, idempotency.c.request_id],
+        set_={
+            k: insert.excluded[k] for k in ("method", "fingerprint", "resource", "create_time", "expire_time")
+        },
+        where=idempotency.c.expire_time <= bindparam("c_now", type_=UTCDateTime()),
+    ).returning(idempotency.c.request_id)
+
+
+_CLAIM_UPSERT = {"sqlite": _claim_upsert(sqlite.insert), "postgresql": _claim_upsert(postgresql.insert)}
+
+
+def record(conn: Connection, claim: Claim | None, resource: str) -> None:
     """Claim the request id for `resource` in `conn`'s transaction. Taken already:
     Replayed or REQUEST_ID_CONFLICT (the caller's transaction then rolls back, its
     effect with it). An expired claim the sweeper has not purged yet is taken over."""
     if claim is None:
         return
-    values = claim.row(resource)
-    insert = db.insert(idempotency).values(values)
-    stmt = insert.on_conflict_do_update(
-        index_elements=[idempotency.c.namespace, idempotency.c.request_id],
-        set_={k: insert.excluded[k] for k in values if k not in ("namespace", "request_id")},
-        where=idempotency.c.expire_time <= claim.now,
-    ).returning(idempotency.c.request_id)
-    if (await conn.execute(stmt)).first() is None:
-        await raise_if_taken(conn, claim)
+    params = {**claim.row(resource), "c_now": claim.now}
+    if conn.execute(_CLAIM_UPSERT[conn.dialect.name], params).first() is None:
+        raise_if_taken(conn, claim)
 
 
-async def taken(conn: AsyncConnection, claim: Claim) -> str | None:
+def taken(conn: Connection, claim: Claim) -> str | None:
     """The resource an identical earlier call created under this request id (unexpired),
     None when it is unclaimed; REQUEST_ID_CONFLICT when it was used for another request."""
     stmt = select(*CLAIM_COLUMNS).where(CLAIM_JOIN_ON)
-    row = (await conn.execute(stmt, claim_params(claim.scope, claim))).mappings().first()
+    row = conn.execute(stmt, claim_params(claim.scope, claim)).mappings().first()
     return None if row is None else claimed_by(claim, row)
 
 
-async def raise_if_taken(conn: AsyncConnection, claim: Claim | None) -> None:
+def raise_if_taken(conn: Connection, claim: Claim | None) -> None:
     """Replayed or REQUEST_ID_CONFLICT when the request id is claimed (unexpired)."""
     if claim is None:
         return
-    resource = await taken(conn, claim)
+    resource = taken(conn, claim)
     if resource is not None:
         raise Replayed(resource)
 

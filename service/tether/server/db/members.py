@@ -139,7 +139,7 @@ async def add(
         name = names.member_name(namespace, session, participant)
         if inserted.first() is None:
             raise errors.already_exists(Resource.MEMBER, name)
-        await idempotency_db.record(db, conn, claim, name)
+        await conn.run_sync(idempotency_db.record, claim, name)
         return await _get(conn, namespace, session, participant)
 
 

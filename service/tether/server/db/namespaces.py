@@ -22,7 +22,7 @@ async def create(db: Database, values: dict[str, Any], claim: idempotency_db.Cla
         row: Row | None = (await conn.execute(stmt)).mappings().first()
         if row is None:
             raise errors.already_exists(Resource.NAMESPACE, name)
-        await idempotency_db.record(db, conn, claim, name)
+        await conn.run_sync(idempotency_db.record, claim, name)
     return row
 
 

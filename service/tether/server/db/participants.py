@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
 from tether.server.db import idempotency as idempotency_db
-from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.base import Database, Row, constraint_kind, insert_for, utcnow
 from tether.server.db.schema import idempotency, participants
 from tether.server.db.write_condition import WriteCondition
 from tether.server.errors import Reason, Resource
@@ -43,14 +44,14 @@ async def get(db: Database, namespace: str, participant: str) -> Row:
     if db.hot is not None:
         row = await db.hot.fetchrow(_GET_SQL, namespace, participant)
     else:
-        async with db.read() as conn:
-            row = (
-                (await conn.execute(select(participants).where(_pk(namespace, participant))))
-                .mappings()
-                .first()
-            )
+        row = await db.query(_get_row, namespace, participant)
     if row is None:
         raise errors.not_found(Resource.PARTICIPANT, names.participant_name(namespace, participant))
+    return row
+
+
+def _get_row(conn: Connection, namespace: str, participant: str) -> Row | None:
+    row: Row | None = conn.execute(select(participants).where(_pk(namespace, participant))).mappings().first()
     return row
 
 
@@ -63,7 +64,7 @@ async def create(db: Database, values: dict[str, Any], claim: idempotency_db.Cla
             row: Row | None = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 await _raise_create_conflict(conn, values)
-            await idempotency_db.record(db, conn, claim, _name(values))
+            await conn.run_sync(idempotency_db.record, claim, _name(values))
     except IntegrityError as exc:
         if constraint_kind(exc) == "foreign_key":
             raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
@@ -103,31 +104,16 @@ _LOOKUP_SQL = (
 ).format(", ".join(f'p."{name}"' for name in _COLUMNS))
 
 
-async def _lookup(
-    db: Database, conn: AsyncConnection | None, values: dict[str, Any], claim: idempotency_db.Claim | None
-) -> Row | None:
-    """The live participant with the key of `values`, with the claim joined; on the hot
-    pool unless `conn` (a transaction's connection) is given."""
-    joined = idempotency_db.claim_params(values["namespace"], claim)
-    if conn is None and db.hot is not None:
-        return await db.hot.fetchrow(
-            _LOOKUP_SQL,
-            values["namespace"],
-            values["kind"],
-            values["external_id"],
-            joined["c_request_id"],
-            joined["c_now"],
-        )
+def _lookup(conn: Connection, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
+    """The live participant with the key of `values`, with the call's claim joined."""
     params = {
         "p_namespace": values["namespace"],
         "p_kind": values["kind"],
         "p_external_id": values["external_id"],
+        **idempotency_db.claim_params(values["namespace"], claim),
     }
-    if conn is not None:
-        row: Row | None = (await conn.execute(_LOOKUP, {**params, **joined})).mappings().first()
-        return row
-    async with db.read() as reader:
-        return (await reader.execute(_LOOKUP, {**params, **joined})).mappings().first()
+    row: Row | None = conn.execute(_LOOKUP, params).mappings().first()
+    return row
 
 
 def _found(row: Row, claim: idempotency_db.Claim | None) -> tuple[Row, bool]:
@@ -149,11 +135,28 @@ async def find_or_create(
     callers with one key all end with the same row. Finding writes nothing;
     creating claims the request id (if any) in the same transaction.
     """
-    found = await _lookup(db, None, values, claim)
+    found: Row | None
+    if db.hot is not None:
+        joined = idempotency_db.claim_params(values["namespace"], claim)
+        key = (values["namespace"], values["kind"], values["external_id"])
+        found = await db.hot.fetchrow(_LOOKUP_SQL, *key, joined["c_request_id"], joined["c_now"])
+    else:
+        found = await db.query(_lookup, values, claim)
     if found is not None:
         return _found(found, claim)
+    try:
+        return await db.write(_create_or_find_in, values, claim)
+    except IntegrityError as exc:
+        if constraint_kind(exc) == "foreign_key":
+            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
+        raise
+
+
+def _create_or_find_in(
+    conn: Connection, values: dict[str, Any], claim: idempotency_db.Claim | None
+) -> tuple[Row, bool]:
     insert = (
-        db.insert(participants)
+        insert_for(conn, participants)
         .values(values)
         .on_conflict_do_nothing(
             index_elements=[participants.c.namespace, participants.c.kind, participants.c.external_id],
@@ -161,18 +164,12 @@ async def find_or_create(
         )
         .returning(participants)
     )
-    try:
-        async with db.transaction() as conn:
-            created = (await conn.execute(insert)).mappings().first()
-            if created is not None:
-                await idempotency_db.record(db, conn, claim, _name(values))
-                return created, True
-            # Another caller inserted it between our read and insert: read again.
-            found = await _lookup(db, conn, values, claim)
-    except IntegrityError as exc:
-        if constraint_kind(exc) == "foreign_key":
-            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
-        raise
+    created = conn.execute(insert).mappings().first()
+    if created is not None:
+        idempotency_db.record(conn, claim, _name(values))
+        return created, True
+    # Another caller inserted it between our read and insert: read again.
+    found = _lookup(conn, values, claim)
     if found is None:
         raise errors.ApiError(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
     return _found(found, claim)

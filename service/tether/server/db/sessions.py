@@ -15,17 +15,20 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
+    insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, names
 from tether.server.db import idempotency as idempotency_db
-from tether.server.db.base import Database, Row, constraint_kind, utcnow
+from tether.server.db.base import Database, Row, constraint_kind, insert_for, utcnow
 from tether.server.db.schema import UTCDateTime, idempotency, members, namespaces, participants, sessions
 from tether.server.db.write_condition import WriteCondition
 from tether.server.errors import Reason, Resource
@@ -220,10 +223,14 @@ async def get(db: Database, namespace: str, session: str) -> Row:
     if db.hot is not None:
         row = await db.hot.fetchrow(_GET_SQL, namespace, session)
     else:
-        async with db.read() as conn:
-            row = (await conn.execute(_SELECT_BY_KEY, _key(namespace, session))).mappings().first()
+        row = await db.query(_get_row, namespace, session)
     if row is None:
         raise errors.not_found(Resource.SESSION, _name(namespace, session))
+    return row
+
+
+def _get_row(conn: Connection, namespace: str, session: str) -> Row | None:
+    row: Row | None = conn.execute(_SELECT_BY_KEY, _key(namespace, session)).mappings().first()
     return row
 
 
@@ -309,21 +316,59 @@ async def create(
     """Insert a session and its automatic members, atomically, claiming the request id
     (if any) with them; Replayed when the request id was claimed before."""
     if validate_only:
-        async with db.read() as conn:
-            await check_participants(conn, values["namespace"], refs)
+        await db.query(check_participants_in, values["namespace"], refs)
         return values
     if db.hot is not None:
         return await _create_in_one_statement(db, values, refs, claim)
-    stmt = db.insert(sessions).values(values).on_conflict_do_nothing().returning(sessions)
-    async with db.transaction() as conn:
-        await idempotency_db.raise_if_taken(conn, claim)
-        await check_participants(conn, values["namespace"], refs)
-        row: Row | None = (await conn.execute(stmt)).mappings().first()
-        if row is None:
-            await _raise_create_conflict(conn, values)
-            raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
-        await conn.execute(db.insert(members), member_rows(values))
-        await idempotency_db.record(db, conn, claim, _name(values["namespace"], values["session"]))
+    return await db.write(_create_in, values, refs, claim)
+
+
+# CreateSession on SQLite (and wherever the hot pool is not used): the same guarded
+# INSERT as `_CREATE_SQL` as a Core statement built once per dialect; the members and the
+# claim follow in the same transaction.
+_NEW = {c.name: bindparam(f"n_{c.name}", type_=c.type) for c in _NEW_COLUMNS}
+
+
+def _usable(field: str, kind: int) -> ColumnElement[bool]:
+    """The participant the new session's `field` names is usable for it."""
+    return exists().where(
+        participants.c.namespace == _NEW["namespace"],
+        participants.c.participant == _NEW[field],
+        participants.c.kind == kind,
+        participants.c.delete_time.is_(None),
+        participants.c.enabled.is_(True),
+    )
+
+
+def _guarded_insert(dialect_insert: Any) -> Any:
+    agent, user = participant_pb2.Participant.KIND_AGENT, participant_pb2.Participant.KIND_USER
+    guarded = select(*_NEW.values()).where(
+        _usable("agent", agent),
+        or_(_NEW["user"].is_(None), _usable("user", user)),
+        or_(_NEW["peer_agent"].is_(None), _usable("peer_agent", agent)),
+    )
+    return (
+        dialect_insert(sessions).from_select(list(_NEW), guarded).on_conflict_do_nothing().returning(sessions)
+    )
+
+
+_GUARDED_INSERT = {"sqlite": _guarded_insert(sqlite.insert), "postgresql": _guarded_insert(postgresql.insert)}
+_ADD_MEMBERS = insert(members)
+
+
+def _create_in(
+    conn: Connection,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
+) -> Row:
+    params = {f"n_{column}": value for column, value in values.items()}
+    row: Row | None = conn.execute(_GUARDED_INSERT[conn.dialect.name], params).mappings().first()
+    if row is None:
+        _explain_refused_create(conn, values, refs, claim)
+        raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+    conn.execute(_ADD_MEMBERS, member_rows(values))
+    idempotency_db.record(conn, claim, _name(values["namespace"], values["session"]))
     return row
 
 
@@ -334,12 +379,21 @@ async def _create_in_one_statement(
         row = await _insert_new(db, values, claim)
         if row is not None:
             return row
-        async with db.read() as conn:
-            await idempotency_db.raise_if_taken(conn, claim)
-            await check_participants(conn, values["namespace"], refs)
-            await _raise_create_conflict(conn, values)
+        await db.query(_explain_refused_create, values, refs, claim)
         # Nothing in the way any more (it changed meanwhile): try again.
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the participants changed concurrently; retry")
+
+
+def _explain_refused_create(
+    conn: Connection,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
+) -> None:
+    """Raise why the create of `values` was refused; returns if nothing stands in the way now."""
+    idempotency_db.raise_if_taken(conn, claim)
+    check_participants_in(conn, values["namespace"], refs)
+    _raise_create_conflict(conn, values)
 
 
 async def _insert_new(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
@@ -350,8 +404,7 @@ async def _insert_new(db: Database, values: dict[str, Any], claim: idempotency_d
         return await db.hot.fetchrow(_CREATE_SQL, *_create_args(values, claim))
     except asyncpg.IntegrityConstraintViolationError as exc:
         if claim is not None and idempotency_db.is_claim_collision(exc):
-            async with db.read() as conn:
-                await idempotency_db.raise_if_taken(conn, claim)
+            await db.query(idempotency_db.raise_if_taken, claim)
             await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
             return await _insert_new(db, values, claim)
         # A participant removed between the check and the insert: the caller explains it.
@@ -384,56 +437,68 @@ async def find_or_create(
     if db.hot is not None:
         existing = await db.hot.fetchrow(target.lookup_sql, *target.hot_args(claim))
     else:
-        async with db.read() as conn:
-            existing = await _lookup(conn, target, claim)
+        existing = await db.query(_lookup, target, claim)
     if existing is not None:  # the hot path: the key usually exists
         return _found(existing, claim, fixed)
     if db.hot is not None and not undelete_if_deleted:
         return await _create_or_find(db, target, values, refs, claim, fixed)
-    insert = (
-        db.insert(sessions)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=target.index_elements, index_where=target.index_where)
-        .returning(sessions)
-    )
     for _ in range(3):
         try:
-            async with db.transaction() as conn:
-                found = await _lookup(conn, target, claim)
-                if found is not None:
-                    return _found(found, claim, fixed)
-                await idempotency_db.raise_if_taken(conn, claim)  # created, and deleted since
-                if undelete_if_deleted:
-                    restored = await _undelete_latest(conn, target)
-                    if restored is not None:
-                        await idempotency_db.record(
-                            db, conn, claim, _name(restored["namespace"], restored["session"])
-                        )
-                        return _matching(restored, fixed), True  # a mismatch rolls the restore back
-                await check_participants(conn, values["namespace"], refs)
-                created = (await conn.execute(insert)).mappings().first()
-                if created is not None:
-                    await conn.execute(db.insert(members), member_rows(values))
-                    await idempotency_db.record(
-                        db, conn, claim, _name(values["namespace"], values["session"])
-                    )
-                    return created, True
-                found = await _lookup(conn, target, claim)
-                if found is not None:
-                    return _found(found, claim, fixed)
+            return await db.write(_find_or_create_in, target, values, refs, claim, fixed, undelete_if_deleted)
         except IntegrityError as exc:
             # A concurrent caller created the live session while we restored an
             # old one; the next round finds theirs.
             if constraint_kind(exc) != "unique":
                 raise
+        except _NeitherFoundNorCreatedError:
+            pass
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
-async def _lookup(
-    conn: AsyncConnection, target: ConflictTarget, claim: idempotency_db.Claim | None
-) -> Row | None:
+class _NeitherFoundNorCreatedError(Exception):
+    """Neither found nor created (a concurrent change in between): try again."""
+
+
+def _find_or_create_in(
+    conn: Connection,
+    target: ConflictTarget,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
+    fixed: Mapping[str, Any],
+    undelete_if_deleted: bool,
+) -> tuple[Row, bool]:
+    """One transaction of `find_or_create` after its lookup missed."""
+    found = _lookup(conn, target, claim)
+    if found is not None:
+        return _found(found, claim, fixed)
+    idempotency_db.raise_if_taken(conn, claim)  # created, and deleted since
+    if undelete_if_deleted:
+        restored = _undelete_latest(conn, target)
+        if restored is not None:
+            idempotency_db.record(conn, claim, _name(restored["namespace"], restored["session"]))
+            return _matching(restored, fixed), True  # a mismatch rolls the restore back
+    check_participants_in(conn, values["namespace"], refs)
+    insert = (
+        insert_for(conn, sessions)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=target.index_elements, index_where=target.index_where)
+        .returning(sessions)
+    )
+    created = conn.execute(insert).mappings().first()
+    if created is not None:
+        conn.execute(insert_for(conn, members), member_rows(values))
+        idempotency_db.record(conn, claim, _name(values["namespace"], values["session"]))
+        return created, True
+    found = _lookup(conn, target, claim)
+    if found is None:
+        raise _NeitherFoundNorCreatedError
+    return _found(found, claim, fixed)
+
+
+def _lookup(conn: Connection, target: ConflictTarget, claim: idempotency_db.Claim | None) -> Row | None:
     params = {**target.params, **idempotency_db.claim_params(target.key["namespace"], claim)}
-    row: Row | None = (await conn.execute(target.lookup, params)).mappings().first()
+    row: Row | None = conn.execute(target.lookup, params).mappings().first()
     return row
 
 
@@ -467,10 +532,19 @@ async def _create_or_find(
         found = await db.hot.fetchrow(target.lookup_sql, *target.hot_args(claim))
         if found is not None:
             return _found(found, claim, fixed)
-        async with db.read() as conn:  # refused, and not for the key: say why
-            await idempotency_db.raise_if_taken(conn, claim)
-            await check_participants(conn, values["namespace"], refs)
+        # Refused, and not for the key: say why.
+        await db.query(_explain_refused_find_or_create, values, refs, claim)
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+
+
+def _explain_refused_find_or_create(
+    conn: Connection,
+    values: dict[str, Any],
+    refs: Sequence[ParticipantRef],
+    claim: idempotency_db.Claim | None,
+) -> None:
+    idempotency_db.raise_if_taken(conn, claim)
+    check_participants_in(conn, values["namespace"], refs)
 
 
 def _matching(row: Row, fixed: Mapping[str, Any]) -> Row:
@@ -500,14 +574,14 @@ def _shown(row: Row, column: str, value: Any) -> str:
     return repr(names.participant_name(row["namespace"], value)) if value else "unset"
 
 
-async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row | None:
+def _undelete_latest(conn: Connection, target: ConflictTarget) -> Row | None:
     latest = (
         select(sessions.c.namespace, sessions.c.session)
         .where(target.where(), sessions.c.delete_time.is_not(None))
         .order_by(sessions.c.delete_time.desc())
         .limit(1)
     )
-    match = (await conn.execute(latest)).first()
+    match = conn.execute(latest).first()
     if match is None:
         return None
     stmt = (
@@ -516,7 +590,7 @@ async def _undelete_latest(conn: AsyncConnection, target: ConflictTarget) -> Row
         .values(delete_time=None, purge_time=None, update_time=utcnow(), version=sessions.c.version + 1)
         .returning(sessions)
     )
-    row: Row | None = (await conn.execute(stmt)).mappings().first()
+    row: Row | None = conn.execute(stmt).mappings().first()
     return row
 
 
@@ -526,13 +600,17 @@ async def record_activity(db: Database, namespace: str, session: str, when: date
     if db.hot is not None:
         row = await db.hot.fetchrow(_RECORD_ACTIVITY_SQL, namespace, session, when)
     else:
-        async with db.statement() as conn:
-            params = {**_key(namespace, session), "p_when": when}
-            row = (await conn.execute(_RECORD_ACTIVITY, params)).mappings().first()
+        row = await db.write(_record_activity_in, namespace, session, when)
     if row is None:
         # Why not: missing, deleted or disabled (if it changed since, the caller retries).
         _raise_not_live(await get(db, namespace, session))
         raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
+    return row
+
+
+def _record_activity_in(conn: Connection, namespace: str, session: str, when: datetime) -> Row | None:
+    params = {**_key(namespace, session), "p_when": when}
+    row: Row | None = conn.execute(_RECORD_ACTIVITY, params).mappings().first()
     return row
 
 
@@ -655,6 +733,11 @@ async def undelete(db: Database, namespace: str, session: str, condition: WriteC
 
 
 async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequence[ParticipantRef]) -> None:
+    """`check_participants_in` on an async connection."""
+    await conn.run_sync(check_participants_in, namespace, refs)
+
+
+def check_participants_in(conn: Connection, namespace: str, refs: Sequence[ParticipantRef]) -> None:
     """Each referenced participant exists in the namespace, has the right kind,
     and is live and enabled. Fails with every bad field at once."""
     if not refs:
@@ -665,10 +748,10 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
         participants.c.namespace == namespace,
         participants.c.participant.in_({ref.participant for ref in refs}),
     )
-    found = {row.participant: row for row in await conn.execute(stmt)}
+    found = {row.participant: row for row in conn.execute(stmt)}
     missing = [ref for ref in refs if ref.participant not in found]
     if missing:
-        if not await _namespace_exists(conn, namespace):
+        if not _namespace_exists(conn, namespace):
             raise errors.not_found(Resource.NAMESPACE, names.namespace_name(namespace))
         ref = missing[0]
         raise errors.ApiError(
@@ -709,9 +792,9 @@ async def check_participants(conn: AsyncConnection, namespace: str, refs: Sequen
             )
 
 
-async def _namespace_exists(conn: AsyncConnection, namespace: str) -> bool:
+def _namespace_exists(conn: Connection, namespace: str) -> bool:
     stmt = select(namespaces.c.namespace).where(namespaces.c.namespace == namespace)
-    return (await conn.execute(stmt)).first() is not None
+    return conn.execute(stmt).first() is not None
 
 
 async def get_in(conn: AsyncConnection, namespace: str, session: str, *, lock: bool = False) -> Row:
@@ -754,11 +837,11 @@ def _conversation_taken() -> errors.ApiError:
     )
 
 
-async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) -> None:
+def _raise_create_conflict(conn: Connection, values: dict[str, Any]) -> None:
     """Raise why the insert of `values` conflicted: the session id is taken, or a
     live session has its conversation or agent pair. Returns if neither holds."""
     namespace, session = values["namespace"], values["session"]
-    if (await conn.execute(select(sessions.c.uid).where(_pk(namespace, session)))).first() is not None:
+    if conn.execute(select(sessions.c.uid).where(_pk(namespace, session))).first() is not None:
         raise errors.already_exists(Resource.SESSION, _name(namespace, session))
     live_keys = []
     if values.get("external_conversation_id") is not None:
@@ -775,5 +858,5 @@ async def _raise_create_conflict(conn: AsyncConnection, values: dict[str, Any]) 
         taken = select(sessions.c.uid).where(
             sessions.c.namespace == namespace, sessions.c.delete_time.is_(None), or_(*live_keys)
         )
-        if (await conn.execute(taken.limit(1))).first() is not None:
+        if conn.execute(taken.limit(1)).first() is not None:
             raise _conversation_taken()
