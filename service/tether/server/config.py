@@ -197,7 +197,8 @@ class Settings(BaseSettings):
     )
     request_id_ttl: Duration = Field(
         default=timedelta(hours=24),
-        description="how long the first response to a `request_id` is kept and replayed to retries",
+        description="how long a `request_id` is remembered: a retry within it gets what the first call "
+        "created",
     )
     migrate_on_start: bool = Field(
         default=True,
