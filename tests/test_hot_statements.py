@@ -171,3 +171,17 @@ async def test_participant_statements_match(twins: Twins) -> None:
     plain, plain_created = await participant_db.find_or_create(twins.plain, values, None)
     assert (hot["participant"], hot_created, plain_created) == ("ann", False, False)
     _same_except(hot, plain)
+
+
+async def test_existing_member_lookup_matches(twins: Twins) -> None:
+    from tether.server.db import members as member_db
+
+    await _seed(twins.plain)
+    await session_db.create(twins.plain, _new_session("s", "c").values, [], None)
+    rows = [await member_db._existing(db, NS, "s", "ann", None) for db in (twins.hot, twins.plain)]
+    assert rows[0] is not None
+    assert rows[0]["participant"] == "ann"
+    _same_except(rows[0], rows[1])
+    assert [await member_db._existing(db, NS, "s", "nobody", None) for db in (twins.hot, twins.plain)] == [
+        None
+    ] * 2

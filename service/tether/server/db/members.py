@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server import errors, etags, names
 from tether.server.db import idempotency as idempotency_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, utcnow
-from tether.server.db.schema import members, participants, sessions
+from tether.server.db.schema import idempotency, members, participants, sessions
 from tether.server.db.write_condition import WriteCondition, managed_refused
 from tether.server.errors import Reason, Resource
 
@@ -114,7 +115,23 @@ async def add(
     claim: idempotency_db.Claim | None,
 ) -> Row:
     """Add a member (and move the session's member_count), claiming the request id
-    (if any) in the same transaction."""
+    (if any) in the same transaction.
+
+    A participant that already is a member of a live session (the common case of a
+    chat gateway that adds every sender) costs one read: ALREADY_EXISTS, or, for a
+    retry of the call that added it, that member. Nothing else is decided by the read:
+    the insert below is guarded by the primary key."""
+    name = names.member_name(namespace, session, participant)
+    existing = await _existing(db, namespace, session, participant, claim)
+    if existing is not None and (
+        condition.may_manage or not (existing["session_managed"] or existing["participant_managed"])
+    ):
+        claimed = idempotency_db.claimed_by(claim, existing)
+        if claimed is None:
+            raise errors.already_exists(Resource.MEMBER, name)
+        if claimed != name:
+            raise idempotency_db.Replayed(claimed)
+        return existing
     now = utcnow()
     values = {
         "namespace": namespace,
@@ -136,11 +153,57 @@ async def add(
         inserted = await conn.execute(
             db.insert(members).values(values).on_conflict_do_nothing().returning(members.c.participant)
         )
-        name = names.member_name(namespace, session, participant)
         if inserted.first() is None:
             raise errors.already_exists(Resource.MEMBER, name)
         await conn.run_sync(idempotency_db.record, claim, name)
         return await _get(conn, namespace, session, participant)
+
+
+# A member of a live, enabled session, with what `add` must know, and the call's claim.
+_OF_SESSION = and_(sessions.c.namespace == members.c.namespace, sessions.c.session == members.c.session)
+_EXISTING = (
+    select(
+        *_MEMBER_COLUMNS,
+        sessions.c.managed.label("session_managed"),
+        participants.c.managed.label("participant_managed"),
+        *idempotency_db.CLAIM_COLUMNS,
+    )
+    .select_from(_JOIN.join(sessions, _OF_SESSION).outerjoin(idempotency, idempotency_db.CLAIM_JOIN_ON))
+    .where(
+        members.c.namespace == bindparam("p_namespace"),
+        members.c.session == bindparam("p_session"),
+        members.c.participant == bindparam("p_participant"),
+        sessions.c.delete_time.is_(None),
+        sessions.c.enabled.is_(True),
+    )
+)
+_EXISTING_SQL = (
+    "SELECT {}, p.kind AS participant_kind, p.uid AS participant_uid, s.managed AS session_managed, "
+    "p.managed AS participant_managed, i.resource AS claim_resource, i.method AS claim_method, "
+    "i.fingerprint AS claim_fingerprint FROM members m "
+    "JOIN participants p ON p.namespace = m.namespace AND p.participant = m.participant "
+    "JOIN sessions s ON s.namespace = m.namespace AND s.session = m.session "
+    "LEFT JOIN idempotency i ON i.namespace = $1 AND i.request_id = $4 AND i.expire_time > $5 "
+    "WHERE m.namespace = $1 AND m.session = $2 AND m.participant = $3 "
+    "AND s.delete_time IS NULL AND s.enabled"
+).format(", ".join(f'm."{c.name}"' for c in members.columns))
+
+
+async def _existing(
+    db: Database, namespace: str, session: str, participant: str, claim: idempotency_db.Claim | None
+) -> Row | None:
+    joined = idempotency_db.claim_params(namespace, claim)
+    if db.hot is not None:
+        return await db.hot.fetchrow(
+            _EXISTING_SQL, namespace, session, participant, joined["c_request_id"], joined["c_now"]
+        )
+    params = {"p_namespace": namespace, "p_session": session, "p_participant": participant, **joined}
+    return await db.query(_existing_in, params)
+
+
+def _existing_in(conn: Connection, params: dict[str, Any]) -> Row | None:
+    row: Row | None = conn.execute(_EXISTING, params).mappings().first()
+    return row
 
 
 async def update_role(
