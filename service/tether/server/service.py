@@ -103,6 +103,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             return await action()
         except idempotency_db.Replayed as replayed:
             return await replay(replayed.resource)
+        except idempotency_db.Unclaimed as unclaimed:
+            raise unclaimed.error from None
         except errors.ApiError:
             if claim is None:
                 raise

@@ -36,6 +36,15 @@ class Replayed(Exception):  # noqa: N818 (not an error: the outcome of a retry)
         self.resource = resource
 
 
+class Unclaimed(Exception):  # noqa: N818 (carries the call's real error)
+    """A creating call refused (`error`) after its statement read the claim and found it
+    free: no retry of an earlier call, so no need to look again."""
+
+    def __init__(self, error: errors.ApiError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 @dataclass(frozen=True)
 class Claim:
     """A call's request id: who claims it (`scope`: the namespace, "" for namespaces),

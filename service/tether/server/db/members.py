@@ -128,7 +128,7 @@ async def add(
     ):
         claimed = idempotency_db.claimed_by(claim, existing)
         if claimed is None:
-            raise errors.already_exists(Resource.MEMBER, name)
+            raise idempotency_db.Unclaimed(errors.already_exists(Resource.MEMBER, name))
         if claimed != name:
             raise idempotency_db.Replayed(claimed)
         return existing
