@@ -15,7 +15,9 @@ Every data-layer call says at its call site which path it runs on:
   path.
 
 There is no ambient transaction: a function that must run inside a caller's
-transaction takes its connection as an argument.
+transaction takes its connection as an argument. On SQLite the write paths take
+turns, so a write must not start another one inside itself (`db.write` inside
+`db.transaction()` would wait for itself).
 """
 
 from __future__ import annotations

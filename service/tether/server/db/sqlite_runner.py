@@ -109,7 +109,9 @@ class SqliteRunner:
                 for job in batch:
                     if job.future.done():
                         continue  # the caller went away (deadline): its effect stands or not, as committed
-                    if job.error is not None:
+                    if isinstance(job.error, asyncio.CancelledError):
+                        job.future.cancel()
+                    elif job.error is not None:
                         job.future.set_exception(job.error)
                     else:
                         job.future.set_result(job.result)
