@@ -389,11 +389,15 @@ def _explain_refused_create(
     values: dict[str, Any],
     refs: Sequence[ParticipantRef],
     claim: idempotency_db.Claim | None,
+    *,
+    conflicts: bool = True,
 ) -> None:
-    """Raise why the create of `values` was refused; returns if nothing stands in the way now."""
+    """Raise why the create of `values` was refused (a retry, a participant, and with
+    `conflicts` the id or a live key); returns if nothing stands in the way now."""
     idempotency_db.raise_if_taken(conn, claim)
     check_participants_in(conn, values["namespace"], refs)
-    _raise_create_conflict(conn, values)
+    if conflicts:
+        _raise_create_conflict(conn, values)
 
 
 async def _insert_new(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
@@ -532,19 +536,9 @@ async def _create_or_find(
         found = await db.hot.fetchrow(target.lookup_sql, *target.hot_args(claim))
         if found is not None:
             return _found(found, claim, fixed)
-        # Refused, and not for the key: say why.
-        await db.query(_explain_refused_find_or_create, values, refs, claim)
+        # Refused, and not for the key (the lookup would have found it): say why.
+        await db.query(_explain_refused_create, values, refs, claim, conflicts=False)
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
-
-
-def _explain_refused_find_or_create(
-    conn: Connection,
-    values: dict[str, Any],
-    refs: Sequence[ParticipantRef],
-    claim: idempotency_db.Claim | None,
-) -> None:
-    idempotency_db.raise_if_taken(conn, claim)
-    check_participants_in(conn, values["namespace"], refs)
 
 
 def _matching(row: Row, fixed: Mapping[str, Any]) -> Row:
