@@ -884,6 +884,33 @@ def environment(url: str, workers: int, postgresql: str) -> dict[str, str]:
     }
 
 
+class OtherLoad:
+    """CPU the rest of the machine used during the run: the whole machine's busy time less
+    this process's, its servers' (waited for, so in its children's times) and the throwaway
+    cluster's. Another job on the box shows here (numbers of such a run are suspect); so
+    does the PostgreSQL server of --server-url or --database-url, which the bench did not start."""
+
+    def __init__(self) -> None:
+        self.cluster_pid: int | None = None
+        self._start: tuple[float | None, float, float, float] = (None, 0.0, 0.0, 0.0)
+
+    def _cluster(self) -> float:
+        return 0.0 if self.cluster_pid is None else cpu.tree_seconds(self.cluster_pid)
+
+    def start(self) -> None:
+        self._start = (cpu.machine_seconds(), cpu.own_seconds(), self._cluster(), time.monotonic())
+
+    def stop(self) -> str:
+        machine0, own0, cluster0, wall0 = self._start
+        machine1 = cpu.machine_seconds()
+        if machine0 is None or machine1 is None:
+            return "n/a"
+        wall = time.monotonic() - wall0
+        other = max(0.0, (machine1 - machine0) - (cpu.own_seconds() - own0) - (self._cluster() - cluster0))
+        share = 100 * other / (wall * (os.cpu_count() or 1)) if wall else 0.0
+        return f"{other:.1f} CPU s by other processes in {wall:.0f} s ({share:.0f} % of the machine)"
+
+
 def stop_children() -> None:
     for process in CHILDREN:
         stop(process)
@@ -897,6 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    load = OtherLoad()
     with contextlib.ExitStack() as cleanup:  # run in reverse: servers, database, cluster, files
         scratch = Path(tempfile.mkdtemp(prefix="tether-bench-"))
         cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
@@ -913,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cluster.start()
                 server_url = cluster.url
                 postgresql = cluster.describe()
+                load.cluster_pid = cluster.pid
             else:
                 server_url = db.DEFAULT_SERVER
                 postgresql = f"existing server {server_url} (no PostgreSQL binaries found)"
@@ -926,6 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = fresh
             if cluster is None:  # a throwaway cluster goes as a whole
                 cleanup.callback(lambda: asyncio.run(db.drop(fresh, server_url)))
+        load.start()
         print(f"postgresql: {postgresql}", file=sys.stderr)
         print(f"database {url}", file=sys.stderr)
         cleanup.callback(stop_children)
@@ -939,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: {bench.gateway.describe()}", file=sys.stderr)
         uvloop.run(bench.run())
         env = environment(url, settings.workers, postgresql)
+        env["other load"] = load.stop()
     rendered = table(bench.cells)
     goals = targets(bench.cells)
     statements = statements_report(bench.cells)
