@@ -183,6 +183,24 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def how_it_ended(process: subprocess.Popen[bytes]) -> str:
+    # The bench stops its servers only at the end: a stop before it came from elsewhere.
+    code = process.returncode
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}, not by the bench"
+    if code == 0:
+        return "stopped cleanly (exit code 0: SIGTERM or SIGINT from something other than the bench)"
+    return f"exited with code {code}"
+
+
+def check_alive(pid: int, what: str) -> None:
+    """RuntimeError when the server process `pid` the bench started has ended: better a
+    clear failure than cell after cell of connection errors."""
+    for process in CHILDREN:
+        if process.pid == pid and process.poll() is not None:
+            raise RuntimeError(f"{what} (pid {pid}) {how_it_ended(process)}")
+
+
 def start_floor(dsn: str, pool_size: int) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.floor", dsn, db.NAMESPACE, str(pool_size)],
@@ -445,6 +463,7 @@ class Bench:
             time.process_time(),
         )
         m: Measurement = await gen.run(call, in_flight=in_flight, seconds=seconds or self.s.seconds, warmup=0)
+        check_alive(gen.server_pid, f"the server of the {group} {name!r} cell")
         server1, postgres1, client1 = (
             cpu.snapshot(server_pids),
             cpu.snapshot(backends),
@@ -650,7 +669,7 @@ class Bench:
         deadline = time.monotonic() + 60
         while cpu.listeners(port) < workers:
             if process.poll() is not None:
-                raise RuntimeError(f"tether serve exited with code {process.returncode}")
+                raise RuntimeError(f"tether serve {how_it_ended(process)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tether serve: not {workers} listeners on {target} after 60s")
             await asyncio.sleep(0.05)
