@@ -1,38 +1,58 @@
-"""`python -m bench [--quick] [--json PATH] [--database-url URL] [--workers N]`: see README,
-"Performance".
+"""`python -m bench [--quick] [--json PATH] [--database-url URL | --server-url URL] [--workers N]
+[--no-sqlite]`: see README, "Performance".
+
+By default the PostgreSQL side runs on a throwaway cluster the bench starts itself
+(`bench.cluster`: pg_stat_statements preloaded, so statements per operation are counted)
+and stops at the end; `--server-url` uses an existing server instead (a fresh database
+there, dropped at the end) and `--database-url` an existing empty database (kept).
+
+Groups of cells: `floor` (one raw statement per call), `stub` (the raw generated stub, no
+request id), `client` (`tether.client.AsyncSessionsClient` as a caller uses it: its own
+channel per connection, its default deadline, retry policy and request ids), `mixed`
+(stub), `gateway` (a Slack-style gateway on the client, `bench.gateway`: one op is one
+message of 3-4 calls), `sqlite` (through the client, one `tether serve` on an SQLite
+file), `scale` (stub) and `scale client` at each size.
 
 With `--workers N` the tether server is `tether serve --workers N`: its CPU time and
 resident memory are those of the supervisor and all its worker processes, and the load
-generator's channels (one TCP connection each) are reopened until the kernel has spread
-them evenly over the workers (it hashes each new connection to one of them), so that a
-run does not measure, say, 4 connections on one worker of two.
+generator's channels (one TCP connection each; the clients' likewise) are reopened until
+the kernel has spread them evenly over the workers (it hashes each new connection to one
+of them), so that a run does not measure, say, 4 connections on one worker of two.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import grpc
 import uvloop
 
-from bench import cpu
+from bench import cpu, sqlite
 from bench import database as db
+from bench.cluster import Cluster, find_bindir, free_port
 from bench.floor import SERVICE as FLOOR_SERVICE
-from bench.load import Call, LoadGenerator, Measurement
+from bench.gateway import Gateway
+from bench.load import CHANNEL_OPTIONS, Call, LoadGenerator, Measurement
+from tether.client import AsyncSessionsClient, ExternalConversation, Member, Session
 from tether.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -40,13 +60,24 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 PARENT = f"namespaces/{db.NAMESPACE}"
-# Each service cell's floor: the one statement the best possible handler would run.
+# Each stub and client cell's floor: the one statement the best possible handler would run.
 FLOOR_OF = {
     "GetSession": "SELECT",
     "RecordActivity": "UPDATE",
     "CreateSession": "INSERT",
     "FindOrCreateSession": "SELECT",
+    "FindOrCreateSession hit": "SELECT",
 }
+SCALE_GROUPS = ("scale", "scale client")
+GATEWAY_PG = "gateway (PostgreSQL)"
+GATEWAY_SQLITE = "gateway (SQLite)"
+SQLITE_WRITERS = "64 writers: CreateSession + RecordActivity"
+# Issue 10's SQLite targets (the ratio column of the sqlite cells is measured / target).
+SQLITE_WRITES_PER_S = 1000.0
+SQLITE_P99_MS = 100.0
+SQLITE_GET_P50_MS = 1.0
+# Every server process the bench started: stopped at exit whatever happened.
+CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +91,15 @@ class Settings:
     pool_size: int
     workers: int
     database_url: str | None
-    server_url: str
+    server_url: str | None
     json_path: Path | None
     quick: bool
+    sqlite: bool
 
 
 @dataclass(slots=True)
 class Cell:
-    group: str  # floor, service, mixed, scale
+    group: str  # floor, stub, client, mixed, gateway, sqlite, scale, scale client
     name: str
     in_flight: int
     sessions: int
@@ -96,14 +128,17 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--database-url",
         metavar="URL",
         help="an empty PostgreSQL database to fill (kept); default: a fresh database "
-        "tether_bench_<hex> on 127.0.0.1:5432, dropped at the end",
+        "tether_bench_<hex> on a throwaway cluster (see --server-url)",
     )
     parser.add_argument(
         "--server-url",
         metavar="URL",
-        default=db.DEFAULT_SERVER,
-        help=f"where the fresh database is created (default {db.DEFAULT_SERVER})",
+        help="an existing PostgreSQL server where the fresh database is created and dropped at the end "
+        "(statements per operation are n/a unless pg_stat_statements is preloaded there); default: a "
+        "throwaway cluster the bench starts with pg_stat_statements (initdb as the postgres OS user when "
+        f"root), or {db.DEFAULT_SERVER} when no PostgreSQL binaries are found",
     )
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite cells")
     parser.add_argument("--sizes", metavar="N,N", help="session counts for the scale cells")
     parser.add_argument("--seconds", type=float, metavar="S", help="measured seconds per cell")
     parser.add_argument("--mixed-seconds", type=float, metavar="S", help="seconds of the mixed run at 32")
@@ -134,14 +169,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         server_url=args.server_url,
         json_path=args.json,
         quick=args.quick,
+        sqlite=not args.no_sqlite,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -154,12 +183,31 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def how_it_ended(process: subprocess.Popen[bytes]) -> str:
+    # The bench stops its servers only at the end: a stop before it came from elsewhere.
+    code = process.returncode
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}, not by the bench"
+    if code == 0:
+        return "stopped cleanly (exit code 0: SIGTERM or SIGINT from something other than the bench)"
+    return f"exited with code {code}"
+
+
+def check_alive(pid: int, what: str) -> None:
+    """RuntimeError when the server process `pid` the bench started has ended: better a
+    clear failure than cell after cell of connection errors."""
+    for process in CHILDREN:
+        if process.pid == pid and process.poll() is not None:
+            raise RuntimeError(f"{what} (pid {pid}) {how_it_ended(process)}")
+
+
 def start_floor(dsn: str, pool_size: int) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.floor", dsn, db.NAMESPACE, str(pool_size)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
     )
+    CHILDREN.append(process)
     assert process.stdout is not None
     line = process.stdout.readline().decode()
     if not line.startswith("PORT "):
@@ -178,22 +226,32 @@ def start_tether(url: str, pool_size: int, workers: int) -> tuple[subprocess.Pop
         "TETHER_DB_POOL_SIZE": str(pool_size),
         "TETHER_WORKERS": str(workers),
     }
-    return subprocess.Popen([sys.executable, "-m", "tether.server", "serve"], env=env), target
+    process = subprocess.Popen([sys.executable, "-m", "tether.server", "serve"], env=env)
+    CHILDREN.append(process)
+    return process, target
 
 
 class Bench:
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, url: str, sqlite_path: Path | None) -> None:
         self.s = settings
         self.url = url
         self.dsn = db.plain_dsn(url)
+        self.sqlite_path = sqlite_path
         self.run_id = secrets.token_hex(3)
         self.sessions = 0  # seeded sessions s-0 .. s-<sessions - 1>
         self.deep_token = ""
         self.statements_note = ""
         self.cells: list[Cell] = []
         self.stubs: dict[int, SessionServiceAsyncStub] = {}
+        # One AsyncSessionsClient (its own channel: one TCP connection) per load generator
+        # channel, by id() of that channel: a client cell's worker i uses the client of the
+        # channel a stub cell's worker i uses, so both paths run over as many connections.
+        self.clients: dict[int, AsyncSessionsClient] = {}
         self.floor_methods: dict[tuple[int, str], Any] = {}
         self.connections_per_worker: list[int] = []
+        self.client_connections_per_worker: list[int] = []
+        self.gateway = Gateway(PARENT, f"g{self.run_id}-")
+        self.sqlite_gateway = Gateway(PARENT, f"g{self.run_id}-")
 
     def stub(self, channel: grpc.aio.Channel) -> SessionServiceAsyncStub:
         """The raw generated stub (not AsyncSessionsClient): no client-side work beyond
@@ -203,11 +261,40 @@ class Bench:
             stub = self.stubs[id(channel)] = session_service_pb2_grpc.SessionServiceStub(channel)
         return stub
 
+    def client(self, channel: grpc.aio.Channel) -> AsyncSessionsClient:
+        return self.clients[id(channel)]
+
+    async def open_clients(self, gen: LoadGenerator, target: str) -> list[AsyncSessionsClient]:
+        """A client per channel of `gen`, made as a caller makes one: given the target, with
+        its defaults (deadline, retry service config, wait-for-ready). The client cannot
+        share a channel and keep its service config, so each opens its own; the option
+        `grpc.use_local_subchannel_pool` gives each its own TCP connection (clients to
+        one target would otherwise share one). Each makes one call, which connects it."""
+        clients = [AsyncSessionsClient(target, options=CHANNEL_OPTIONS) for _ in gen.channels]
+        for channel, client in zip(gen.channels, clients, strict=True):
+            self.clients[id(channel)] = client
+        await asyncio.gather(*(client.get_session(name=f"{PARENT}/sessions/s-0") for client in clients))
+        return clients
+
+    async def close_clients(self, gen: LoadGenerator) -> None:
+        for channel in gen.channels:
+            client = self.clients.pop(id(channel), None)
+            if client is not None:
+                await client.close()
+
     def key(self, sequence: int) -> int:
         """A pseudo-random seeded session index (Knuth's multiplicative hash)."""
         return (sequence * 2654435761) % self.sessions
 
-    # ---- the calls -------------------------------------------------------------------------
+    def conversation(self, sequence: int, *, hits_only: bool) -> tuple[str, str]:
+        """(agent, conversation id) of a find-or-create: a seeded conversation, except for
+        one call in 20 (a new one) unless `hits_only`."""
+        if hits_only or sequence % 20:
+            index = self.key(sequence)
+            return f"agent-{index % db.AGENTS}", f"c-{index}"
+        return "agent-0", f"n{self.run_id}-{sequence}"
+
+    # ---- the calls: floor and raw stub -----------------------------------------------------
 
     def floor_call(self, method: str) -> Call:
         async def call(channel: grpc.aio.Channel, sequence: int) -> object:
@@ -242,11 +329,16 @@ class Bench:
 
     async def find_or_create_session(self, channel: grpc.aio.Channel, sequence: int) -> object:
         """95 % of the keys exist (seeded conversations), 5 % are new."""
-        if sequence % 20:
-            index = self.key(sequence)
-            agent, conversation = f"agent-{index % db.AGENTS}", f"c-{index}"
-        else:
-            agent, conversation = "agent-0", f"n{self.run_id}-{sequence}"
+        return await self._stub_find_or_create(channel, sequence, hits_only=False)
+
+    async def find_or_create_hit(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        """Every key exists (seeded conversations)."""
+        return await self._stub_find_or_create(channel, sequence, hits_only=True)
+
+    async def _stub_find_or_create(
+        self, channel: grpc.aio.Channel, sequence: int, *, hits_only: bool
+    ) -> object:
+        agent, conversation = self.conversation(sequence, hits_only=hits_only)
         request = session_service_pb2.FindOrCreateSessionRequest(
             parent=PARENT,
             external_conversation=session_service_pb2.FindOrCreateSessionRequest.ExternalConversation(
@@ -262,14 +354,16 @@ class Bench:
         request = session_service_pb2.ListSessionsRequest(parent=PARENT, page_token=self.deep_token)
         return await self.stub(channel).ListSessions(request)
 
-    async def add_member(self, channel: grpc.aio.Channel, sequence: int) -> object:
-        """A new (session, user) pair every call: seeded sessions start without members."""
+    def new_member(self, sequence: int) -> tuple[str, str]:
+        """(session, participant) of an AddMember: a new pair every call (the load generator's
+        sequence never repeats), since seeded sessions start without members."""
         session = (sequence // db.USERS) % self.sessions
-        member = session_pb2.Member(
-            participant=f"{PARENT}/participants/user-{sequence % db.USERS}",
-            role=session_pb2.Member.ROLE_MEMBER,
-        )
-        request = session_service_pb2.AddMemberRequest(parent=f"{PARENT}/sessions/s-{session}", member=member)
+        return f"{PARENT}/sessions/s-{session}", f"{PARENT}/participants/user-{sequence % db.USERS}"
+
+    async def add_member(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        session, participant = self.new_member(sequence)
+        member = session_pb2.Member(participant=participant, role=session_pb2.Member.ROLE_MEMBER)
+        request = session_service_pb2.AddMemberRequest(parent=session, member=member)
         return await self.stub(channel).AddMember(request)
 
     async def mixed(self, channel: grpc.aio.Channel, sequence: int) -> object:
@@ -286,42 +380,104 @@ class Bench:
             return await self.list_first(channel, sequence)
         return await self.create_session(channel, sequence)
 
+    # ---- the calls: AsyncSessionsClient ----------------------------------------------------
+    # The same requests as the stub cells, through the shipped client, which sends a fresh
+    # request id with every creating call (CreateSession, FindOrCreateSession, AddMember).
+
+    async def c_get_session(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        return await self.client(channel).get_session(name=f"{PARENT}/sessions/s-{self.key(sequence)}")
+
+    async def c_record_activity(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        return await self.client(channel).record_activity(name=f"{PARENT}/sessions/s-{self.key(sequence)}")
+
+    async def c_create_session(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        session = Session(
+            kind=Session.KIND_DIRECT,
+            agent=f"{PARENT}/participants/agent-{sequence % db.AGENTS}",
+            user=f"{PARENT}/participants/user-{sequence % db.USERS}",
+        )
+        return await self.client(channel).create_session(
+            parent=PARENT, session_id=f"k{self.run_id}-{sequence}", session=session
+        )
+
+    async def c_find_or_create_session(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        return await self._client_find_or_create(channel, sequence, hits_only=False)
+
+    async def c_find_or_create_hit(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        return await self._client_find_or_create(channel, sequence, hits_only=True)
+
+    async def _client_find_or_create(
+        self, channel: grpc.aio.Channel, sequence: int, *, hits_only: bool
+    ) -> object:
+        agent, conversation = self.conversation(sequence, hits_only=hits_only)
+        key = ExternalConversation(
+            agent=f"{PARENT}/participants/{agent}", channel="web", conversation_id=conversation
+        )
+        return await self.client(channel).find_or_create_session(parent=PARENT, external_conversation=key)
+
+    async def c_list_first(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        return await self.client(channel).list_sessions_page(parent=PARENT)
+
+    async def c_add_member(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        session, participant = self.new_member(sequence)
+        member = Member(participant=participant, role=Member.ROLE_MEMBER)
+        return await self.client(channel).add_member(parent=session, member=member)
+
+    async def c_writes(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        """Half CreateSession, half RecordActivity."""
+        if sequence % 2:
+            return await self.c_create_session(channel, sequence)
+        return await self.c_record_activity(channel, sequence)
+
+    def on_gateway(self, gateway: Gateway) -> Call:
+        async def call(channel: grpc.aio.Channel, sequence: int) -> object:
+            await gateway.message(self.client(channel), sequence)
+            return None
+
+        return call
+
     # ---- measuring -------------------------------------------------------------------------
 
     async def measure(
         self,
         gen: LoadGenerator,
-        counters: db.Counters,
+        counters: db.Counters | None,
         group: str,
         name: str,
         call: Call,
         in_flight: int,
         seconds: float | None = None,
+        counts: Callable[[], dict[str, int]] | None = None,
     ) -> Cell:
+        """One cell. `counters` None: no PostgreSQL behind `gen` (SQLite). `counts`: running
+        counters of the workload (e.g. the gateway's calls), reported over the measured
+        window in `extra`."""
         await gen.run(call, in_flight=in_flight, seconds=self.s.warmup, warmup=0)
-        backends = await counters.backends()
+        backends = [] if counters is None else await counters.backends()
         server_pids = cpu.tree(gen.server_pid)  # with --workers: the supervisor and its workers
-        statements0 = await counters.snapshot()
+        statements0 = None if counters is None else await counters.snapshot()
+        counts0 = counts() if counts else {}
         server0, postgres0, client0 = (
             cpu.snapshot(server_pids),
             cpu.snapshot(backends),
             time.process_time(),
         )
         m: Measurement = await gen.run(call, in_flight=in_flight, seconds=seconds or self.s.seconds, warmup=0)
+        check_alive(gen.server_pid, f"the server of the {group} {name!r} cell")
         server1, postgres1, client1 = (
             cpu.snapshot(server_pids),
             cpu.snapshot(backends),
             time.process_time(),
         )
-        statements1 = await counters.snapshot()
+        counts1 = counts() if counts else {}
+        statements1 = None if counters is None else await counters.snapshot()
         ops = max(m.ops, 1)
+        calls = max(m.ops + m.errors, 1)  # statements are per call, failed ones included
 
         def per_op(used: float | None) -> float | None:
             return None if used is None else round(used * 1e6 / ops)
 
-        statements = None
-        if statements0 is not None and statements1 is not None:
-            statements = (statements1 - statements0 - 2) / ops  # minus the snapshot's own query
+        statements = db.Counters.between(statements0, statements1)
         cell = Cell(
             group=group,
             name=name,
@@ -333,22 +489,39 @@ class Bench:
             ops=m.ops,
             errors=m.errors,
             first_error=m.first_error,
-            statements_per_op=None if statements is None else round(statements, 2),
+            statements_per_op=None if statements is None else round(statements.total / calls, 3),
             server_cpu_us_per_op=per_op(cpu.used(server0, server1)),
             postgres_cpu_us_per_op=per_op(cpu.used(postgres0, postgres1)),
             client_cpu_us_per_op=per_op(client1 - client0),
         )
+        if statements is not None:
+            cell.extra["statements"] = [[query, round(n, 3)] for query, n in statements.per_op(calls)]
+            cell.extra["nested_statements_per_op"] = round(statements.nested / calls, 3)
+        if counts:
+            window = {key: counts1[key] - counts0.get(key, 0) for key in counts1}
+            cell.extra.update(window)
+            rpcs = window.get("rpcs")
+            if rpcs:
+                cell.extra["rpcs_per_op"] = round(rpcs / calls, 2)
+                if statements is not None:
+                    cell.extra["statements_per_rpc"] = round(statements.total / rpcs, 3)
         self.cells.append(cell)
-        print(f"  {group:7} {name:24} {in_flight:>3} in flight: {m.ops_per_s:8.0f} ops/s", file=sys.stderr)
+        print(f"  {group:12} {name:44} {in_flight:>3} in flight: {m.ops_per_s:8.0f} ops/s", file=sys.stderr)
         if m.errors:
             print(f"    {m.errors} errors, first: {m.first_error}", file=sys.stderr)
         return cell
+
+    async def refresh_deep_token(self, conn: Any) -> None:
+        """The 90 % deep page token, from the rows as they are now: RecordActivity cells move
+        sessions to the front of the default order, and a token made before them can point
+        past the last row (an empty page, which also costs the server a parent check)."""
+        self.deep_token = await db.deep_page_token(conn, 0.9)
 
     async def grow(self, conn: Any, size: int) -> None:
         started = time.perf_counter()
         await db.seed_sessions(conn, self.sessions, size)
         self.sessions = size
-        self.deep_token = await db.deep_page_token(conn, 0.9)
+        await self.refresh_deep_token(conn)
         print(f"seeded {size} sessions in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
     async def run(self) -> None:
@@ -356,42 +529,65 @@ class Bench:
         counters = db.Counters(conn)
         await counters.setup()
         self.statements_note = (
-            "from pg_stat_statements"
+            f"top-level statements from pg_stat_statements ({counters.settings}): BEGIN, COMMIT and the "
+            "like count, statements run inside PostgreSQL (foreign key checks) do not; the server's "
+            "background health ping (about 3 statements a second) is in the count"
             if counters.statements_available
             else f"n/a: pg_stat_statements unavailable ({counters.why_not})"
         )
         await db.seed_base(conn)
         await self.grow(conn, self.s.sizes[0])
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
-        try:
-            tether_process, tether_target = start_tether(self.url, self.s.pool_size, self.s.workers)
-        except BaseException:
-            stop(floor_process)
-            raise
+        tether_process, tether_target = start_tether(self.url, self.s.pool_size, self.s.workers)
         floor = LoadGenerator(floor_target, self.s.channels, floor_process.pid)
         tether = LoadGenerator(tether_target, self.s.channels, tether_process.pid)
         try:
             await floor.ready()
-            await self.wait_listening(tether_process, tether_target)
+            await self.wait_listening(tether_process, tether_target, self.s.workers)
             await tether.ready()
-            await self.spread(tether, tether_target)
+
+            async def reopen_stubs() -> None:
+                await tether.reconnect()
+                await tether.ready()
+
+            stub_connections = await self.spread(tether, tether_target, reopen_stubs, {}, "stub channel")
+            self.stubs.clear()  # keyed by id(channel): the closed channels' ids may come back
+            self.connections_per_worker = sorted(stub_connections.values(), reverse=True)
             await self.wait_serving(tether)
+            await self.open_clients(tether, tether_target)
+
+            async def reopen_clients() -> None:
+                await self.close_clients(tether)
+                await self.open_clients(tether, tether_target)
+
+            client_connections = await self.spread(
+                tether, tether_target, reopen_clients, stub_connections, "client"
+            )
+            self.client_connections_per_worker = sorted(client_connections.values(), reverse=True)
+            await self.gateway.setup(self.client(tether.channel))
+
             for in_flight in self.s.in_flight:
                 for method in ("Empty", "Select", "Update", "Insert"):
                     label = method if method == "Empty" else method.upper()
                     await self.measure(floor, counters, "floor", label, self.floor_call(method), in_flight)
-            service: list[tuple[str, Call]] = [
-                ("GetSession", self.get_session),
-                ("RecordActivity", self.record_activity),
-                ("CreateSession", self.create_session),
-                ("FindOrCreateSession", self.find_or_create_session),
-                ("ListSessions first page", self.list_first),
-                ("ListSessions 90% deep", self.list_deep),
-                ("AddMember", self.add_member),
+            # Each method's stub cell, then at once its client cell: side by side in time.
+            cells: list[tuple[str, Call, Call | None]] = [
+                ("GetSession", self.get_session, self.c_get_session),
+                ("RecordActivity", self.record_activity, self.c_record_activity),
+                ("CreateSession", self.create_session, self.c_create_session),
+                ("FindOrCreateSession", self.find_or_create_session, self.c_find_or_create_session),
+                ("FindOrCreateSession hit", self.find_or_create_hit, self.c_find_or_create_hit),
+                ("ListSessions first page", self.list_first, self.c_list_first),
+                ("ListSessions 90% deep", self.list_deep, None),
+                ("AddMember", self.add_member, self.c_add_member),
             ]
             for in_flight in self.s.in_flight:
-                for name, call in service:
-                    await self.measure(tether, counters, "service", name, call, in_flight)
+                for name, stub_call, client_call in cells:
+                    if stub_call == self.list_deep:
+                        await self.refresh_deep_token(conn)
+                    await self.measure(tether, counters, "stub", name, stub_call, in_flight)
+                    if client_call is not None:
+                        await self.measure(tether, counters, "client", name, client_call, in_flight)
             await self.measure(tether, counters, "mixed", "mixed", self.mixed, 1)
             rss_start = cpu.rss_kib(cpu.tree(tether_process.pid))
             cell = await self.measure(
@@ -399,10 +595,23 @@ class Bench:
             )
             rss_end = cpu.rss_kib(cpu.tree(tether_process.pid))
             cell.extra = {
+                **cell.extra,
                 "rss_start_kib": rss_start,
                 "rss_end_kib": rss_end,
                 "rss_growth_percent": round(100 * (rss_end - rss_start) / max(rss_start, 1), 1),
             }
+            for in_flight in self.s.in_flight:
+                await self.measure(
+                    tether,
+                    counters,
+                    "gateway",
+                    GATEWAY_PG,
+                    self.on_gateway(self.gateway),
+                    in_flight,
+                    counts=self.gateway.counts,
+                )
+            if self.sqlite_path is not None:
+                await self.run_sqlite(self.sqlite_path)
             for index, size in enumerate(self.s.sizes):
                 if index:
                     await self.grow(conn, size)
@@ -411,8 +620,18 @@ class Bench:
                     ("ListSessions first page", self.list_first),
                     ("ListSessions 90% deep", self.list_deep),
                 ):
+                    if call == self.list_deep:
+                        await self.refresh_deep_token(conn)
                     await self.measure(tether, counters, "scale", name, call, 1)
+                for name, call in (
+                    ("GetSession", self.c_get_session),
+                    ("RecordActivity", self.c_record_activity),
+                    ("CreateSession", self.c_create_session),
+                    ("FindOrCreateSession hit", self.c_find_or_create_hit),
+                ):
+                    await self.measure(tether, counters, "scale client", name, call, 1)
         finally:
+            await self.close_clients(tether)
             await floor.close()
             await tether.close()
             stop(floor_process)
@@ -420,40 +639,85 @@ class Bench:
             await conn.close()
         self.add_ratios()
 
-    async def wait_listening(self, process: subprocess.Popen[bytes], target: str) -> None:
+    async def run_sqlite(self, path: Path) -> None:
+        """The sqlite cells: a second `tether serve` (one process) on the SQLite file that
+        `bench.sqlite` seeded with as many sessions as the PostgreSQL database has now."""
+        process, target = start_tether(sqlite.url_of(path), self.s.pool_size, 1)
+        gen = LoadGenerator(target, self.s.channels, process.pid)
+        try:
+            await self.wait_listening(process, target, 1)
+            await gen.ready()
+            await self.wait_serving(gen)
+            await self.open_clients(gen, target)
+            await self.sqlite_gateway.setup(self.client(gen.channel))
+            for name, call, in_flight in (
+                ("GetSession", self.c_get_session, 1),
+                ("CreateSession", self.c_create_session, 32),
+                ("RecordActivity", self.c_record_activity, 32),
+                (SQLITE_WRITERS, self.c_writes, 64),
+            ):
+                await self.measure(gen, None, "sqlite", name, call, in_flight)
+            for in_flight in self.s.in_flight:
+                await self.measure(
+                    gen,
+                    None,
+                    "sqlite",
+                    GATEWAY_SQLITE,
+                    self.on_gateway(self.sqlite_gateway),
+                    in_flight,
+                    counts=self.sqlite_gateway.counts,
+                )
+        finally:
+            await self.close_clients(gen)
+            await gen.close()
+            stop(process)
+
+    async def wait_listening(self, process: subprocess.Popen[bytes], target: str, workers: int) -> None:
         """Until every tether process listens on `target`'s port (connections made earlier
         would all land on the first worker and stay there)."""
         port = int(target.rsplit(":", 1)[1])
         deadline = time.monotonic() + 60
-        while cpu.listeners(port) < self.s.workers:
+        while cpu.listeners(port) < workers:
             if process.poll() is not None:
-                raise RuntimeError(f"tether serve exited with code {process.returncode}")
+                raise RuntimeError(f"tether serve {how_it_ended(process)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"tether serve: not {self.s.workers} listeners on {target} after 60s")
+                raise RuntimeError(f"tether serve: not {workers} listeners on {target} after 60s")
             await asyncio.sleep(0.05)
 
-    async def spread(self, gen: LoadGenerator, target: str, attempts: int = 50) -> None:
-        """With several workers: reopen the channels until each worker holds as many of
-        their connections as any other, give or take one."""
+    async def spread(
+        self,
+        gen: LoadGenerator,
+        target: str,
+        reopen: Callable[[], Awaitable[None]],
+        others: dict[int, int],
+        what: str,
+        attempts: int = 50,
+    ) -> dict[int, int]:
+        """With several workers: reopen (`reopen`) a set of `--channels` connections until each
+        worker holds as many of them as any other, give or take one. `others`: connections
+        per worker already there (another set's), not counted. Returns the set's per worker."""
         if self.s.workers == 1:
-            return
+            return {}
         port = int(target.rsplit(":", 1)[1])
         for attempt in range(1, attempts + 1):
             workers = cpu.tree(gen.server_pid)[1:]
             deadline = time.monotonic() + 10
-            while sum(counts := list(cpu.connections(workers, port).values())) != self.s.channels:
+            while True:
+                held = {pid: n - others.get(pid, 0) for pid, n in cpu.connections(workers, port).items()}
+                if sum(held.values()) == self.s.channels:
+                    break
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"expected {self.s.channels} connections to {target}, saw {counts}")
+                    raise RuntimeError(
+                        f"expected {self.s.channels} {what} connections to {target}, saw {held}"
+                    )
                 await asyncio.sleep(0.01)
-            spread = sorted(counts, reverse=True)
+            spread = sorted(held.values(), reverse=True)
             if spread[0] - spread[-1] <= 1:
                 break
             if attempt < attempts:
-                await gen.reconnect()
-                await gen.ready()
-        self.stubs.clear()  # keyed by id(channel): the closed channels' ids may come back
-        self.connections_per_worker = spread
-        print(f"connections per tether worker: {spread} (channels opened {attempt} time(s))", file=sys.stderr)
+                await reopen()
+        print(f"{what} connections per tether worker: {spread} (opened {attempt} time(s))", file=sys.stderr)
+        return held
 
     async def wait_serving(self, gen: LoadGenerator) -> None:
         deadline = time.monotonic() + 30
@@ -469,23 +733,31 @@ class Bench:
     def add_ratios(self) -> None:
         floors = {(c.name, c.in_flight): c for c in self.cells if c.group == "floor"}
         smallest = {
-            (c.name, c.in_flight): c
+            (c.group, c.name, c.in_flight): c
             for c in self.cells
-            if c.group == "scale" and c.sessions == self.s.sizes[0]
+            if c.group in SCALE_GROUPS and c.sessions == self.s.sizes[0]
         }
+
+        def versus(cell: Cell, base: float, label: str, value: float | None = None) -> None:
+            cell.baseline = label
+            measured = cell.ops_per_s if value is None else value
+            cell.ratio = round(measured / base, 2) if base else None
+
         for cell in self.cells:
-            if cell.group == "service" and cell.name in FLOOR_OF:
+            if cell.group in ("stub", "client") and cell.name in FLOOR_OF:
                 base = floors[(FLOOR_OF[cell.name], cell.in_flight)]
-                cell.baseline = f"{base.name} floor ops/s"
-                cell.ratio = round(cell.ops_per_s / base.ops_per_s, 2) if base.ops_per_s else None
+                versus(cell, base.ops_per_s, f"{base.name} floor ops/s")
             elif cell.group == "floor" and cell.name != "Empty":
-                base = floors[("Empty", cell.in_flight)]
-                cell.baseline = "Empty ops/s"
-                cell.ratio = round(cell.ops_per_s / base.ops_per_s, 2) if base.ops_per_s else None
-            elif cell.group == "scale" and cell.sessions != self.s.sizes[0]:
-                base = smallest[(cell.name, cell.in_flight)]
-                cell.baseline = f"p50 at {base.sessions:,} sessions"
-                cell.ratio = round(cell.p50_ms / base.p50_ms, 2) if base.p50_ms else None
+                versus(cell, floors[("Empty", cell.in_flight)].ops_per_s, "Empty ops/s")
+            elif cell.name in (GATEWAY_PG, GATEWAY_SQLITE):
+                versus(cell, floors[("SELECT", cell.in_flight)].ops_per_s, "SELECT floor ops/s")
+            elif cell.group == "sqlite" and cell.name in ("CreateSession", "RecordActivity"):
+                versus(cell, SQLITE_WRITES_PER_S, f"target {SQLITE_WRITES_PER_S:,.0f} ops/s")
+            elif cell.group == "sqlite" and cell.name == "GetSession":
+                versus(cell, SQLITE_GET_P50_MS, f"target p50 {SQLITE_GET_P50_MS} ms", cell.p50_ms)
+            elif cell.group in SCALE_GROUPS and cell.sessions != self.s.sizes[0]:
+                base = smallest[(cell.group, cell.name, cell.in_flight)]
+                versus(cell, base.p50_ms, f"p50 at {base.sessions:,} sessions", cell.p50_ms)
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -502,13 +774,125 @@ def table(cells: Sequence[Cell]) -> str:
         lines.append(
             f"| {c.group} | {c.name} | {c.sessions:,} | {c.in_flight} | {c.ops_per_s:,.0f} | {c.p50_ms:.2f} "
             f"| {c.p99_ms:.2f} | {c.errors} | {fmt(c.ratio, '.2f') if c.baseline else ''} | {c.baseline} "
-            f"| {fmt(c.statements_per_op, '.1f')} | {fmt(c.server_cpu_us_per_op, '.0f')} "
+            f"| {fmt(c.statements_per_op, '.2f')} | {fmt(c.server_cpu_us_per_op, '.0f')} "
             f"| {fmt(c.postgres_cpu_us_per_op, '.0f')} | {fmt(c.client_cpu_us_per_op, '.0f')} |"
         )
     return "\n".join(lines)
 
 
-def environment(url: str, workers: int) -> dict[str, str]:
+def find(cells: Sequence[Cell], group: str, name: str, in_flight: int) -> Cell | None:
+    return next((c for c in cells if (c.group, c.name, c.in_flight) == (group, name, in_flight)), None)
+
+
+def targets(cells: Sequence[Cell]) -> str:
+    """Issue 10's targets against this run's cells (reported, not enforced)."""
+    rows: list[tuple[str, int, str, str]] = []
+
+    def met(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("yes" if ok else "no")
+
+    for name, need in (
+        ("GetSession", 0.75),
+        ("RecordActivity", 0.65),
+        ("CreateSession", 0.5),
+        ("FindOrCreateSession hit", 0.65),
+    ):
+        with_id = ", with request id" if "Create" in name else ""
+        for in_flight in (1, 32):
+            client, stub = find(cells, "client", name, in_flight), find(cells, "stub", name, in_flight)
+            floor = find(cells, "floor", FLOOR_OF[name], in_flight)
+            if client is None or client.ratio is None or floor is None:
+                continue
+            measured = f"{client.ratio:.2f} ({client.ops_per_s:,.0f} vs {floor.ops_per_s:,.0f} ops/s)"
+            if stub is not None and stub.ratio is not None:
+                measured += f"; stub {stub.ratio:.2f}"
+            rows.append(
+                (
+                    f"{name} (client{with_id}) >= {need:g} x {floor.name} floor",
+                    in_flight,
+                    measured,
+                    met(client.ratio >= need),
+                )
+            )
+    for group, name in (("gateway", GATEWAY_PG), ("sqlite", GATEWAY_SQLITE)):
+        for in_flight in (1, 32):
+            cell = find(cells, group, name, in_flight)
+            if cell is None or cell.ratio is None:
+                continue
+            measured = (
+                f"{cell.ratio:.2f} ({cell.ops_per_s:,.0f} messages/s, p50 {cell.p50_ms:.2f} ms, "
+                f"p99 {cell.p99_ms:.2f} ms, {cell.errors} errors)"
+            )
+            rows.append(
+                (
+                    f"{name} messages/s >= 0.2 x SELECT floor ops/s",
+                    in_flight,
+                    measured,
+                    met(cell.ratio >= 0.2),
+                )
+            )
+    for name in ("CreateSession", "RecordActivity"):
+        cell = find(cells, "sqlite", name, 32)
+        if cell is not None:
+            ok = cell.ops_per_s >= SQLITE_WRITES_PER_S and cell.p99_ms <= SQLITE_P99_MS and not cell.errors
+            measured = f"{cell.ops_per_s:,.0f}/s, p99 {cell.p99_ms:.1f} ms, {cell.errors} errors"
+            rows.append((f"SQLite {name} >= 1,000/s with p99 <= 100 ms (client)", 32, measured, met(ok)))
+    cell = find(cells, "sqlite", SQLITE_WRITERS, 64)
+    if cell is not None:
+        measured = f"{cell.errors} errors in {cell.ops + cell.errors:,} calls" + (
+            f" (first: {cell.first_error})" if cell.errors else ""
+        )
+        rows.append(
+            ("SQLite: no errors under 64 concurrent writers (client)", 64, measured, met(not cell.errors))
+        )
+    cell = find(cells, "sqlite", "GetSession", 1)
+    if cell is not None:
+        ok = cell.p50_ms <= SQLITE_GET_P50_MS
+        rows.append(("SQLite GetSession p50 <= 1.0 ms (client)", 1, f"{cell.p50_ms:.2f} ms", met(ok)))
+    for name in ("GetSession", "RecordActivity", "CreateSession", "FindOrCreateSession hit"):
+        scale = [c for c in cells if c.group == "scale client" and c.name == name]
+        if not scale:
+            continue
+        counted = [c.statements_per_op for c in scale if c.statements_per_op is not None]
+        measured = ", ".join(f"{c.sessions:,}: {fmt(c.statements_per_op, '.2f')}" for c in scale)
+        same = None if len(counted) < len(scale) else all(abs(n - 1) < 0.05 for n in counted)
+        rows.append((f"{name} statements per call = 1 at every size (client)", 1, measured, met(same)))
+    lines = ["| target (issue 10) | in flight | measured | met |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {target} | {in_flight} | {measured} | {verdict} |"
+        for target, in_flight, measured, verdict in rows
+    ]
+    return "\n".join(lines)
+
+
+def statements_report(cells: Sequence[Cell]) -> str:
+    """What the client path runs per call, statement by statement (pg_stat_statements'
+    normalized text), at each size of the scale group, and per gateway message."""
+    lines: list[str] = []
+    for c in cells:
+        if not c.extra.get("statements") or not (
+            c.group == "scale client" or (c.group == "gateway" and c.in_flight == 1)
+        ):
+            continue
+        unit = f"message ({c.extra.get('rpcs_per_op', '?')} calls)" if c.group == "gateway" else "call"
+        lines.append(
+            f"{c.group} | {c.name} | {c.sessions:,} sessions | {c.in_flight} in flight: "
+            f"{fmt(c.statements_per_op, '.2f')} statements per {unit} "
+            f"(+ {c.extra.get('nested_statements_per_op', 0):.2f} nested, not counted)"
+        )
+        lines += [f"  {n:6.3f}  {textwrap.shorten(query, 160)}" for query, n in c.extra["statements"]]
+    return "\n".join(lines)
+
+
+LEGEND = (
+    "stub: raw generated stub, no request_id | client: tether.client.AsyncSessionsClient as a caller "
+    "uses it (its defaults; request ids on creating calls) | gateway: one op = one message through the "
+    "client (find-or-create sender, find-or-create session, RecordActivity, AddMember in channels) | "
+    "sqlite: through the client, one tether serve on an SQLite file | ratio: to 'ratio to'"
+)
+
+
+def environment(url: str, workers: int, postgresql: str) -> dict[str, str]:
     async def server_version() -> str:
         conn = await asyncpg.connect(db.plain_dsn(url))
         try:
@@ -521,31 +905,114 @@ def environment(url: str, workers: int) -> dict[str, str]:
         "cpus": str(os.cpu_count()),
         "python": sys.version.split()[0],
         "postgresql": asyncio.run(server_version()),
+        "postgresql server": postgresql,
+        "sqlite": sqlite3.sqlite_version,
         "grpcio": grpc.__version__,
         "tether workers": str(workers),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }
 
 
+class OtherLoad:
+    """CPU the rest of the machine used during the run: the whole machine's busy time less
+    this process's, its servers' (waited for, so in its children's times) and the throwaway
+    cluster's. Another job on the box shows here (numbers of such a run are suspect); so
+    does the PostgreSQL server of --server-url or --database-url, which the bench did not start."""
+
+    def __init__(self) -> None:
+        self.cluster_pid: int | None = None
+        self._start: tuple[float | None, float, float, float] = (None, 0.0, 0.0, 0.0)
+
+    def _cluster(self) -> float:
+        return 0.0 if self.cluster_pid is None else cpu.tree_seconds(self.cluster_pid)
+
+    def start(self) -> None:
+        self._start = (cpu.machine_seconds(), cpu.own_seconds(), self._cluster(), time.monotonic())
+
+    def stop(self) -> str:
+        machine0, own0, cluster0, wall0 = self._start
+        machine1 = cpu.machine_seconds()
+        if machine0 is None or machine1 is None:
+            return "n/a"
+        wall = time.monotonic() - wall0
+        other = max(0.0, (machine1 - machine0) - (cpu.own_seconds() - own0) - (self._cluster() - cluster0))
+        share = 100 * other / (wall * (os.cpu_count() or 1)) if wall else 0.0
+        return f"{other:.1f} CPU s by other processes in {wall:.0f} s ({share:.0f} % of the machine)"
+
+
+def stop_children() -> None:
+    for process in CHILDREN:
+        stop(process)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # so that the clean-up below runs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     started = time.perf_counter()
-    url = settings.database_url or asyncio.run(db.create_fresh(settings.server_url))
-    on_exit: Callable[[], None] = (
-        (lambda: None) if settings.database_url else lambda: asyncio.run(db.drop(url, settings.server_url))
-    )
-    try:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    load = OtherLoad()
+    with contextlib.ExitStack() as cleanup:  # run in reverse: servers, database, cluster, files
+        scratch = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+        url = settings.database_url
+        postgresql = f"existing database {url}"
+        if url is None:
+            server_url = settings.server_url
+            cluster: Cluster | None = None
+            if server_url is not None:
+                postgresql = f"existing server {server_url}"
+            elif (bindir := find_bindir()) is not None:
+                cluster = Cluster(bindir)
+                cleanup.callback(cluster.stop)
+                cluster.start()
+                server_url = cluster.url
+                postgresql = cluster.describe()
+                load.cluster_pid = cluster.pid
+            else:
+                server_url = db.DEFAULT_SERVER
+                postgresql = f"existing server {server_url} (no PostgreSQL binaries found)"
+                print(
+                    "note: no PostgreSQL binaries (pg_config --bindir, /usr/lib/postgresql/*/bin, initdb on "
+                    f"PATH), so no throwaway cluster: using {server_url}, where statements per operation "
+                    "are n/a unless pg_stat_statements is preloaded",
+                    file=sys.stderr,
+                )
+            fresh = asyncio.run(db.create_fresh(server_url))
+            url = fresh
+            if cluster is None:  # a throwaway cluster goes as a whole
+                cleanup.callback(lambda: asyncio.run(db.drop(fresh, server_url)))
+        load.start()
+        print(f"postgresql: {postgresql}", file=sys.stderr)
         print(f"database {url}", file=sys.stderr)
+        cleanup.callback(stop_children)
         db.migrate(url)
-        bench = Bench(settings, url)
+        sqlite_path = None
+        if settings.sqlite:
+            sqlite_path = scratch / "bench.db"
+            sqlite.prepare(sqlite_path, settings.sizes[0])
+            print(f"sqlite {sqlite_path}: seeded {settings.sizes[0]} sessions", file=sys.stderr)
+        bench = Bench(settings, url, sqlite_path)
+        print(f"gateway: {bench.gateway.describe()}", file=sys.stderr)
         uvloop.run(bench.run())
-        env = environment(url, settings.workers)
-    finally:
-        on_exit()
+        env = environment(url, settings.workers, postgresql)
+        env["other load"] = load.stop()
     rendered = table(bench.cells)
+    goals = targets(bench.cells)
+    statements = statements_report(bench.cells)
     print()
     print(rendered)
-    mixed = next(c for c in bench.cells if c.group == "mixed" and c.extra)
+    print()
+    print(LEGEND)
+    print()
+    print(goals)
+    if statements:
+        print()
+        print("statements per call (pg_stat_statements, normalized):")
+        print(statements)
+    mixed = next(c for c in bench.cells if c.group == "mixed" and "rss_start_kib" in c.extra)
     print()
     whose = "server" if settings.workers == 1 else f"server (supervisor + {settings.workers} workers)"
     print(
@@ -562,8 +1029,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {k: str(v) for k, v in asdict(settings).items()},
             "statements_per_op": bench.statements_note,
             "connections_per_worker": bench.connections_per_worker,
+            "client_connections_per_worker": bench.client_connections_per_worker,
+            "gateway": bench.gateway.describe(),
             "cells": [asdict(c) for c in bench.cells],
             "table": rendered,
+            "targets": goals,
+            "statements": statements,
         }
         settings.json_path.write_text(json.dumps(document, indent=2) + "\n")
     return 0

@@ -106,3 +106,31 @@ def _socket_inodes(pid: int) -> list[str]:
         if link.startswith("socket:["):
             inodes.append(link[len("socket:[") : -1])
     return inodes
+
+
+def machine_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (/proc/stat: user, nice,
+    system, irq, softirq, steal), all cores together; None if unreadable."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def tree_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants, with those of their children that
+    have exited and been waited for (a postmaster's ended backends, for one)."""
+    total = 0.0
+    for member in tree(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            total += sum(int(v) for v in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+    return total
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and of its children that have exited and been waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system

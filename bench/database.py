@@ -4,6 +4,7 @@ and count statements (pg_stat_statements, when available)."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -119,14 +120,45 @@ async def deep_page_token(conn: Any, fraction: float) -> str:
     return token
 
 
+# What the harness itself runs on its own connection (the counting, the CPU look-ups):
+# never counted as a statement of the server under test.
+OWN_STATEMENTS = ("pg_stat_statements", "pg_stat_activity")
+
+
+NESTED = "(nested) "
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """Statements run in the bench database between two snapshots, by normalized text.
+
+    `total` counts the top-level statements: those a client (the server under test) sent.
+    With `pg_stat_statements.track=all` the statements that those run inside PostgreSQL
+    are listed too, marked "(nested) " and counted apart in `nested`: mostly the foreign
+    key checks (`SELECT 1 FROM ONLY ... FOR KEY SHARE`) that every INSERT into a table
+    with foreign keys runs, the floor's INSERT as well."""
+
+    total: int
+    nested: int
+    by_query: dict[str, int]
+
+    def per_op(self, ops: int, at_least: float = 0.005) -> list[tuple[str, float]]:
+        """(query, calls per op), most frequent first, leaving out the rare ones."""
+        ops = max(ops, 1)
+        rows = [(query, calls / ops) for query, calls in self.by_query.items() if calls / ops >= at_least]
+        return sorted(rows, key=lambda row: (-row[1], row[0]))
+
+
 class Counters:
     """Statements of the bench database from pg_stat_statements, when its library is
-    preloaded (shared_preload_libraries; the harness never restarts the server to add it)."""
+    preloaded (shared_preload_libraries; the harness never restarts a server to add it:
+    the throwaway cluster it starts by default has it)."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
         self.statements_available = False
         self.why_not = ""
+        self.settings = ""
 
     async def setup(self) -> None:
         try:
@@ -135,6 +167,10 @@ class Counters:
             self.statements_available = True
         except asyncpg.PostgresError as exc:
             self.why_not = str(exc).splitlines()[0]
+            return
+        track = await self._conn.fetchval("SHOW pg_stat_statements.track")
+        utility = await self._conn.fetchval("SHOW pg_stat_statements.track_utility")
+        self.settings = f"pg_stat_statements.track={track}, track_utility={utility}"
 
     async def backends(self) -> list[int]:
         """The other backends of the bench database (the servers' pooled connections)."""
@@ -143,15 +179,43 @@ class Counters:
         )
         return [int(row["pid"]) for row in pids]
 
-    async def snapshot(self) -> int | None:
-        """Statements run so far in the bench database (None without pg_stat_statements)."""
+    async def snapshot(self) -> dict[str, int] | None:
+        """Calls so far of each statement of the bench database, by normalized text (nested
+        ones marked), without the harness's own (None without pg_stat_statements).
+
+        pg_stat_statements counts a statement when it ends, so this query is never in its
+        own snapshot but would be in the next one: it and the others of OWN_STATEMENTS are
+        left out by their text, so a difference of two snapshots is the servers' alone."""
         if not self.statements_available:
             return None
-        calls = await self._conn.fetchval(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
-            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        return int(calls)
+        try:
+            rows = await self._conn.fetch(
+                "SELECT query, toplevel, sum(calls) AS calls FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " GROUP BY query, toplevel"
+            )
+        except asyncpg.UndefinedColumnError:  # before PostgreSQL 14: no `toplevel`
+            rows = await self._conn.fetch(
+                "SELECT query, true AS toplevel, sum(calls) AS calls FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " GROUP BY query"
+            )
+        counts: dict[str, int] = {}
+        for row in rows:
+            query = " ".join(str(row["query"]).split())
+            if any(own in query for own in OWN_STATEMENTS):
+                continue
+            key = query if row["toplevel"] else f"{NESTED}{query}"
+            counts[key] = counts.get(key, 0) + int(row["calls"])
+        return counts
+
+    @staticmethod
+    def between(before: dict[str, int] | None, after: dict[str, int] | None) -> Statements | None:
+        if before is None or after is None:
+            return None
+        by_query = {q: n - before.get(q, 0) for q, n in after.items() if n - before.get(q, 0) > 0}
+        nested = sum(n for q, n in by_query.items() if q.startswith(NESTED))
+        return Statements(total=sum(by_query.values()) - nested, nested=nested, by_query=by_query)
 
 
 def now() -> str:

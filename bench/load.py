@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from tether.client import TetherError
+
 # A call: given the channel to use and a sequence number unique within the run, one RPC.
 Call = Callable[[grpc.aio.Channel, int], Awaitable[object]]
 # Channels with identical arguments share gRPC's global subchannel pool, and so one TCP
@@ -60,6 +62,11 @@ class LoadGenerator:
     def channel(self) -> grpc.aio.Channel:
         return self._channels[0]
 
+    @property
+    def channels(self) -> tuple[grpc.aio.Channel, ...]:
+        """The channels in the order the workers use them (worker i: channel i mod N)."""
+        return tuple(self._channels)
+
     async def ready(self) -> None:
         async with asyncio.timeout(30):
             for channel in self._channels:
@@ -104,9 +111,13 @@ class LoadGenerator:
                     return
                 try:
                     await call(channel, sequence)
-                except grpc.aio.AioRpcError as exc:
+                except grpc.aio.AioRpcError as exc:  # a raw stub's
                     errors += 1
                     first_error = first_error or f"{exc.code().name}: {exc.details()}"
+                    continue
+                except TetherError as exc:  # AsyncSessionsClient's
+                    errors += 1
+                    first_error = first_error or str(exc)
                     continue
                 if latencies is not None:
                     latencies.append(time.perf_counter() - began)
