@@ -79,7 +79,9 @@ class SqliteRunner:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self._read, work)
 
     def _read(self, work: Work[T]) -> T:
-        conn = self._connection().execution_options(**{READ_ONLY: True})
+        conn: Connection | None = getattr(self._local, "reader", None)
+        if conn is None:
+            conn = self._local.reader = self._connection().execution_options(**{READ_ONLY: True})
         with conn.begin():
             return work(conn)
 
