@@ -185,3 +185,29 @@ async def test_existing_member_lookup_matches(twins: Twins) -> None:
     assert [await member_db._existing(db, NS, "s", "nobody", None) for db in (twins.hot, twins.plain)] == [
         None
     ] * 2
+
+
+@pytest.mark.parametrize("with_claim", [False, True], ids=["no-request-id", "request-id"])
+async def test_add_member_matches(twins: Twins, with_claim: bool) -> None:
+    from tether.server.db import members as member_db
+    from tether.server.db.write_condition import WriteCondition
+
+    await _seed(twins.plain)
+    for pid in ("cat", "dan"):
+        await participant_db.create(
+            twins.plain, _participant(pid, participant_pb2.Participant.KIND_USER), None
+        )
+    group = _new_session("g", "c-g")
+    group.values.update(kind=session_pb2.Session.KIND_GROUP, user=None, member_count=1)
+    await session_db.create(twins.plain, group.values, [], None)
+    condition = WriteCondition(None, may_manage=False)
+    role = session_pb2.Member.ROLE_MEMBER
+    claim = _claim("r-add") if with_claim else None
+    hot = await member_db.add(twins.hot, NS, "g", "cat", role, condition, claim)
+    plain = await member_db.add(twins.plain, NS, "g", "dan", role, condition, None)
+    _same_except(hot, plain, "participant", "participant_uid", "join_time", "update_time")
+    assert (await session_db.get(twins.plain, NS, "g"))["member_count"] == 3  # both moved it
+    if with_claim:
+        assert (
+            await twins.plain.query(idempotency_db.taken, claim) == f"namespaces/{NS}/sessions/g/members/cat"
+        )

@@ -4,8 +4,10 @@ concurrent membership changes of one session serialize on it."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ColumnElement, and_, bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -133,6 +135,11 @@ async def add(
             raise idempotency_db.Replayed(claimed)
         return existing
     now = utcnow()
+    if db.hot is not None:
+        added = await _add_in_one_statement(db, namespace, session, participant, role, now, condition, claim)
+        if added is not None:
+            return added
+        # Refused: the transaction below says why (or adds it, if the way cleared meanwhile).
     values = {
         "namespace": namespace,
         "session": session,
@@ -157,6 +164,58 @@ async def add(
             raise errors.already_exists(Resource.MEMBER, name)
         await conn.run_sync(idempotency_db.record, claim, name)
         return await _get(conn, namespace, session, participant)
+
+
+# AddMember on PostgreSQL: one statement. The member is inserted only if the session is
+# live and enabled (its row locked, as `_bump_session` locks it), the participant is live
+# and enabled, and neither is managed unless the caller may manage; the session's
+# member_count and etag move and the request id is claimed in the same statement. No row
+# back: the transaction path of `add` explains why (a claim collision fails the statement).
+_ADD_SQL = (
+    "WITH s AS (SELECT managed FROM sessions WHERE namespace = $1::varchar AND session = $2::varchar "
+    "AND delete_time IS NULL AND enabled FOR UPDATE), "
+    "p AS (SELECT kind, uid, managed FROM participants WHERE namespace = $1 AND participant = $3 "
+    "AND delete_time IS NULL AND enabled FOR SHARE), "
+    "ins AS (INSERT INTO members (namespace, session, participant, role, join_time, update_time) "
+    "SELECT $1, $2, $3, $4::smallint, $5::timestamptz, $5 FROM s, p "
+    "WHERE $6::boolean OR NOT (s.managed OR p.managed) "
+    "ON CONFLICT DO NOTHING RETURNING *), "
+    "bump AS (UPDATE sessions SET member_count = member_count + 1, update_time = $5, version = version + 1 "
+    "WHERE namespace = $1 AND session = $2 AND EXISTS (SELECT 1 FROM ins)), "
+    "claimed AS (INSERT INTO idempotency (namespace, request_id, method, fingerprint, resource, "
+    "create_time, expire_time) SELECT $1, $7::varchar, $8::varchar, $9::varchar, $10::text, "
+    "$11::timestamptz, $12::timestamptz FROM ins WHERE $7::varchar IS NOT NULL) "
+    "SELECT {}, p.kind AS participant_kind, p.uid AS participant_uid FROM ins, p"
+).format(", ".join(f'ins."{c.name}"' for c in members.columns))
+
+
+async def _add_in_one_statement(
+    db: Database,
+    namespace: str,
+    session: str,
+    participant: str,
+    role: int,
+    now: datetime,
+    condition: WriteCondition,
+    claim: idempotency_db.Claim | None,
+) -> Row | None:
+    """Run `_ADD_SQL`: the new member, or None when it was refused."""
+    assert db.hot is not None
+    name = names.member_name(namespace, session, participant)
+    claimed: list[Any] = [None] * 6
+    if claim is not None:
+        claimed = [claim.request_id, claim.method, claim.fingerprint, name, claim.now, claim.expire_time]
+    args = [namespace, session, participant, role, now, condition.may_manage, *claimed]
+    try:
+        return await db.hot.fetchrow(_ADD_SQL, *args)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        if claim is not None and idempotency_db.is_claim_collision(exc):
+            await db.query(idempotency_db.raise_if_taken, claim)
+            await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
+            return await _add_in_one_statement(
+                db, namespace, session, participant, role, now, condition, claim
+            )
+        raise
 
 
 # A member of a live, enabled session, with what `add` must know, and the call's claim.
