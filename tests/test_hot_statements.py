@@ -207,7 +207,7 @@ async def test_add_member_matches(twins: Twins, with_claim: bool) -> None:
     plain = await member_db.add(twins.plain, NS, "g", "dan", role, condition, None)
     _same_except(hot, plain, "participant", "participant_uid", "join_time", "update_time")
     assert (await session_db.get(twins.plain, NS, "g"))["member_count"] == 3  # both moved it
-    if with_claim:
+    if claim is not None:
         assert (
             await twins.plain.query(idempotency_db.taken, claim) == f"namespaces/{NS}/sessions/g/members/cat"
         )
