@@ -211,3 +211,41 @@ async def test_add_member_matches(twins: Twins, with_claim: bool) -> None:
         assert (
             await twins.plain.query(idempotency_db.taken, claim) == f"namespaces/{NS}/sessions/g/members/cat"
         )
+
+
+@pytest.mark.parametrize("with_claim", [False, True], ids=["no-request-id", "request-id"])
+async def test_participant_inserts_match(twins: Twins, with_claim: bool) -> None:
+    await _seed(twins.plain)
+    claim = _claim("r-p") if with_claim else None
+    kind = participant_pb2.Participant.KIND_USER
+    made_hot = await participant_db.create(twins.hot, _participant("h1", kind, "E1"), claim)
+    made_plain = await participant_db.create(twins.plain, _participant("p1", kind, "E2"), None)
+    _same_except(
+        made_hot,
+        made_plain,
+        "participant",
+        "uid",
+        "display_name",
+        "external_id",
+        "create_time",
+        "update_time",
+    )
+    found_hot, created_hot = await participant_db.find_or_create(
+        twins.hot, _participant("h2", kind, "E3"), None
+    )
+    found_plain, created_plain = await participant_db.find_or_create(
+        twins.plain, _participant("p2", kind, "E4"), None
+    )
+    assert (created_hot, created_plain) == (True, True)
+    _same_except(
+        found_hot,
+        found_plain,
+        "participant",
+        "uid",
+        "display_name",
+        "external_id",
+        "create_time",
+        "update_time",
+    )
+    if claim is not None:
+        assert await twins.plain.query(idempotency_db.taken, claim) == f"namespaces/{NS}/participants/h1"

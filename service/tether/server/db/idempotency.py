@@ -69,6 +69,25 @@ class Claim:
         }
 
 
+def claim_cte(source: str, first: int) -> str:
+    """SQL (PostgreSQL) of a CTE `claimed` that inserts the claim for the row of CTE
+    `source`, from parameters $first .. $first+5 (`claim_args`); none when the first is NULL."""
+    rid, method, print_, resource, now, expire = (f"${i}" for i in range(first, first + 6))
+    return (
+        "claimed AS (INSERT INTO idempotency (namespace, request_id, method, fingerprint, resource, "
+        f"create_time, expire_time) SELECT {source}.namespace, {rid}::varchar, {method}::varchar, "
+        f"{print_}::varchar, {resource}::text, {now}::timestamptz, {expire}::timestamptz "
+        f"FROM {source} WHERE {rid}::varchar IS NOT NULL)"
+    )
+
+
+def claim_args(claim: Claim | None, resource: str) -> list[Any]:
+    """The parameters of `claim_cte`."""
+    if claim is None:
+        return [None] * 6
+    return [claim.request_id, claim.method, claim.fingerprint, resource, claim.now, claim.expire_time]
+
+
 def fingerprint(method: str, request: Message) -> str:
     """SHA-256 of the method and the request without its request_id."""
     copy = type(request)()

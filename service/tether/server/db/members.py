@@ -182,9 +182,7 @@ _ADD_SQL = (
     "ON CONFLICT DO NOTHING RETURNING *), "
     "bump AS (UPDATE sessions SET member_count = member_count + 1, update_time = $5, version = version + 1 "
     "WHERE namespace = $1 AND session = $2 AND EXISTS (SELECT 1 FROM ins)), "
-    "claimed AS (INSERT INTO idempotency (namespace, request_id, method, fingerprint, resource, "
-    "create_time, expire_time) SELECT $1, $7::varchar, $8::varchar, $9::varchar, $10::text, "
-    "$11::timestamptz, $12::timestamptz FROM ins WHERE $7::varchar IS NOT NULL) "
+    f"{idempotency_db.claim_cte('ins', 7)} "
     "SELECT {}, p.kind AS participant_kind, p.uid AS participant_uid FROM ins, p"
 ).format(", ".join(f'ins."{c.name}"' for c in members.columns))
 
@@ -202,10 +200,8 @@ async def _add_in_one_statement(
     """Run `_ADD_SQL`: the new member, or None when it was refused."""
     assert db.hot is not None
     name = names.member_name(namespace, session, participant)
-    claimed: list[Any] = [None] * 6
-    if claim is not None:
-        claimed = [claim.request_id, claim.method, claim.fingerprint, name, claim.now, claim.expire_time]
-    args = [namespace, session, participant, role, now, condition.may_manage, *claimed]
+    args = [namespace, session, participant, role, now, condition.may_manage]
+    args += idempotency_db.claim_args(claim, name)
     try:
         return await db.hot.fetchrow(_ADD_SQL, *args)
     except asyncpg.IntegrityConstraintViolationError as exc:

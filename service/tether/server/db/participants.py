@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -55,9 +57,57 @@ def _get_row(conn: Connection, namespace: str, participant: str) -> Row | None:
     return row
 
 
+# The inserts of CreateParticipant and of a FindOrCreateParticipant that creates, on
+# PostgreSQL: one statement each, the participant and the request id's claim (a claim
+# collision fails the whole statement). No row back: refused by a conflict.
+_NEW_COLUMNS = [c for c in participants.columns if c.name not in ("delete_time", "purge_time", "version")]
+
+
+def _insert_sql(on_conflict: str) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    casts = ", ".join(f"${i}::{c.type.compile(dialect=dialect)}" for i, c in enumerate(_NEW_COLUMNS, 1))
+    columns = ", ".join(f'"{c.name}"' for c in _NEW_COLUMNS)
+    return (
+        f"WITH ins AS (INSERT INTO participants ({columns}) VALUES ({casts}) {on_conflict} RETURNING *), "
+        f"{idempotency_db.claim_cte('ins', len(_NEW_COLUMNS) + 1)} "
+        "SELECT {} FROM ins".format(", ".join(f'"{name}"' for name in _COLUMNS))
+    )
+
+
+_CREATE_SQL = _insert_sql("ON CONFLICT DO NOTHING")
+_CREATE_FOR_KEY_SQL = _insert_sql(
+    "ON CONFLICT (namespace, kind, external_id) WHERE delete_time IS NULL AND external_id IS NOT NULL "
+    "DO NOTHING"
+)
+
+
+async def _insert_hot(
+    db: Database, sql: str, values: dict[str, Any], claim: idempotency_db.Claim | None
+) -> Row | None:
+    """Run one of the inserts above: the new participant, or None when a conflict refused it."""
+    assert db.hot is not None
+    args = [values.get(c.name) for c in _NEW_COLUMNS] + idempotency_db.claim_args(claim, _name(values))
+    try:
+        return await db.hot.fetchrow(sql, *args)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        if claim is not None and idempotency_db.is_claim_collision(exc):
+            await db.query(idempotency_db.raise_if_taken, claim)
+            await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
+            return await _insert_hot(db, sql, values, claim)
+        if constraint_kind(exc) == "foreign_key":
+            raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
+        raise
+
+
 async def create(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row:
-    """Insert a participant, claiming the request id (if any) in the same transaction;
-    PK and live external_id collisions are ALREADY_EXISTS."""
+    """Insert a participant, claiming the request id (if any) with it; PK and live
+    external_id collisions are ALREADY_EXISTS."""
+    if db.hot is not None:
+        created = await _insert_hot(db, _CREATE_SQL, values, claim)
+        if created is not None:
+            return created
+        async with db.read() as conn:
+            await _raise_create_conflict(conn, values)
     stmt = db.insert(participants).values(values).on_conflict_do_nothing().returning(participants)
     try:
         async with db.transaction() as conn:
@@ -116,6 +166,14 @@ def _lookup(conn: Connection, values: dict[str, Any], claim: idempotency_db.Clai
     return row
 
 
+async def _lookup_hot(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
+    """`_lookup` as its hot SQL twin (PostgreSQL)."""
+    assert db.hot is not None
+    joined = idempotency_db.claim_params(values["namespace"], claim)
+    key = (values["namespace"], values["kind"], values["external_id"])
+    return await db.hot.fetchrow(_LOOKUP_SQL, *key, joined["c_request_id"], joined["c_now"])
+
+
 def _found(row: Row, claim: idempotency_db.Claim | None) -> tuple[Row, bool]:
     """A live participant found: not created, unless this call's request id created it."""
     claimed = idempotency_db.claimed_by(claim, row)
@@ -135,14 +193,17 @@ async def find_or_create(
     callers with one key all end with the same row. Finding writes nothing;
     creating claims the request id (if any) in the same transaction.
     """
-    found: Row | None
-    if db.hot is not None:
-        joined = idempotency_db.claim_params(values["namespace"], claim)
-        key = (values["namespace"], values["kind"], values["external_id"])
-        found = await db.hot.fetchrow(_LOOKUP_SQL, *key, joined["c_request_id"], joined["c_now"])
-    else:
-        found = await db.query(_lookup, values, claim)
+    found = await _lookup_hot(db, values, claim) if db.hot else await db.query(_lookup, values, claim)
     if found is not None:
+        return _found(found, claim)
+    if db.hot is not None:
+        created = await _insert_hot(db, _CREATE_FOR_KEY_SQL, values, claim)
+        if created is not None:
+            return created, True
+        # Another caller inserted it between our read and insert: read again.
+        found = await _lookup_hot(db, values, claim)
+        if found is None:
+            raise errors.ApiError(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
         return _found(found, claim)
     try:
         return await db.write(_create_or_find_in, values, claim)

@@ -262,8 +262,6 @@ _NEW_COLUMNS = [c for c in sessions.columns if c.name not in ("delete_time", "pu
 def _create_sql() -> str:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     casts = {c.name: f"${i}::{c.type.compile(dialect=dialect)}" for i, c in enumerate(_NEW_COLUMNS, 1)}
-    claim = [f"${i}" for i in range(len(_NEW_COLUMNS) + 1, len(_NEW_COLUMNS) + 7)]
-    request_id, method, fingerprint, resource, claim_now, claim_expire = claim
     agent_kind, user_kind = participant_pb2.Participant.KIND_AGENT, participant_pb2.Participant.KIND_USER
     owner, member = session_pb2.Member.ROLE_OWNER, session_pb2.Member.ROLE_MEMBER
 
@@ -285,11 +283,7 @@ def _create_sql() -> str:
         "SELECT i.namespace, i.session, m.participant, m.role, i.create_time, i.create_time FROM inserted i "
         f"CROSS JOIN (VALUES ({casts['agent']}, {owner}), ({casts['user']}, {member}), "
         f"({casts['peer_agent']}, {member})) AS m (participant, role) WHERE m.participant IS NOT NULL), "
-        "claimed AS (INSERT INTO idempotency (namespace, request_id, method, fingerprint, resource, "
-        f"create_time, expire_time) SELECT i.namespace, {request_id}::varchar, {method}::varchar, "
-        f"{fingerprint}::varchar, {resource}::text, "
-        f"{claim_now}::timestamptz, {claim_expire}::timestamptz FROM inserted i "
-        f"WHERE {request_id}::varchar IS NOT NULL) "
+        f"{idempotency_db.claim_cte('inserted', len(_NEW_COLUMNS) + 1)} "
         f"SELECT {_columns()} FROM inserted"
     )
 
@@ -299,10 +293,7 @@ _CREATE_SQL = _create_sql()
 
 def _create_args(values: dict[str, Any], claim: idempotency_db.Claim | None) -> list[Any]:
     args = [values.get(c.name) for c in _NEW_COLUMNS]
-    if claim is None:
-        return [*args, None, None, None, None, None, None]
-    resource = _name(values["namespace"], values["session"])
-    return [*args, claim.request_id, claim.method, claim.fingerprint, resource, claim.now, claim.expire_time]
+    return [*args, *idempotency_db.claim_args(claim, _name(values["namespace"], values["session"]))]
 
 
 async def create(
