@@ -162,7 +162,7 @@ def new_request_id(request_id: str) -> str:
     """The caller's request id, else a fresh UUID (AIP-155).
 
     gRPC may retry a creating call whose first attempt reached the server; a request id
-    makes the retry return the first response instead of creating twice.
+    makes the retry answer what the first attempt created instead of creating twice.
     """
     return request_id or str(uuid.uuid4())
 

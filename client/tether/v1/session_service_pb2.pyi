@@ -39,7 +39,9 @@ class CreateNamespaceRequest(_message.Message):
     `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`.
     """
     request_id: _builtins.str
-    """Idempotency key (AIP-155), a UUID: a repeat returns the first response."""
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call created
+    (as it is now), without doing it again.
+    """
     validate_only: _builtins.bool
     """Validate the request and answer as if created, without creating."""
     @_builtins.property
@@ -192,7 +194,9 @@ class CreateParticipantRequest(_message.Message):
     `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`.
     """
     request_id: _builtins.str
-    """Idempotency key (AIP-155), a UUID: a repeat returns the first response."""
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call created
+    (as it is now), without doing it again.
+    """
     validate_only: _builtins.bool
     """Validate the request and answer as if created, without creating."""
     @_builtins.property
@@ -429,7 +433,9 @@ class FindOrCreateParticipantRequest(_message.Message):
     256 characters.
     """
     request_id: _builtins.str
-    """Idempotency key (AIP-155), a UUID: a repeat returns the first response."""
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call created
+    (as it is now), without doing it again.
+    """
     @_builtins.property
     def participant(self) -> _participant_pb2.Participant:
         """Template for a new participant; its `kind` and `external_id`, if set,
@@ -499,7 +505,9 @@ class CreateSessionRequest(_message.Message):
     `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`.
     """
     request_id: _builtins.str
-    """Idempotency key (AIP-155), a UUID: a repeat returns the first response."""
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call created
+    (as it is now), without doing it again.
+    """
     validate_only: _builtins.bool
     """Validate the request and answer as if created, without creating."""
     @_builtins.property
@@ -907,7 +915,9 @@ class FindOrCreateSessionRequest(_message.Message):
     creating a new one.
     """
     request_id: _builtins.str
-    """Idempotency key (AIP-155), a UUID: a repeat returns the first response."""
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call created
+    (as it is now), without doing it again.
+    """
     @_builtins.property
     def external_conversation(self) -> Global___FindOrCreateSessionRequest.ExternalConversation:
         """Find by agent + channel + conversation id. The new session gets these
@@ -1024,7 +1034,9 @@ class AddMemberRequest(_message.Message):
     parent: _builtins.str
     """The session, `namespaces/{namespace}/sessions/{session}`. Required."""
     request_id: _builtins.str
-    """Idempotency key (AIP-155), a UUID: a repeat returns the first response."""
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call created
+    (as it is now), without doing it again.
+    """
     @_builtins.property
     def member(self) -> _session_pb2.Member:
         """The member to add, with `participant` in the session's namespace.
