@@ -213,6 +213,10 @@ async def test_add_member_matches(twins: Twins, with_claim: bool) -> None:
         )
 
 
+# What two newly made participants differ in.
+_PER_PARTICIPANT = ("participant", "uid", "display_name", "external_id", "create_time", "update_time")
+
+
 @pytest.mark.parametrize("with_claim", [False, True], ids=["no-request-id", "request-id"])
 async def test_participant_inserts_match(twins: Twins, with_claim: bool) -> None:
     await _seed(twins.plain)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from google.protobuf.message import Message
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -204,6 +205,22 @@ async def drop_if_expired(db: Database, claim: Claim) -> bool:
     )
     async with db.statement() as conn:
         return (await conn.execute(stmt)).first() is not None
+
+
+async def fetch_claiming(db: Database, claim: Claim | None, sql: str, *args: Any) -> Row | None:
+    """Run a hot statement (PostgreSQL) whose `claim_cte` claims `claim`: its row, or None.
+    The request id held by an earlier call: Replayed or REQUEST_ID_CONFLICT; held by an
+    expired claim the sweeper has not purged yet: that one is dropped and the statement
+    run again. Any other error raises as it is."""
+    assert db.hot is not None
+    try:
+        return await db.hot.fetchrow(sql, *args)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        if claim is None or not is_claim_collision(exc):
+            raise
+    await db.query(raise_if_taken, claim)
+    await drop_if_expired(db, claim)
+    return await fetch_claiming(db, claim, sql, *args)
 
 
 def is_claim_collision(error: Exception) -> bool:

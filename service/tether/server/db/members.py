@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import ColumnElement, and_, bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -198,20 +197,10 @@ async def _add_in_one_statement(
     claim: idempotency_db.Claim | None,
 ) -> Row | None:
     """Run `_ADD_SQL`: the new member, or None when it was refused."""
-    assert db.hot is not None
     name = names.member_name(namespace, session, participant)
     args = [namespace, session, participant, role, now, condition.may_manage]
     args += idempotency_db.claim_args(claim, name)
-    try:
-        return await db.hot.fetchrow(_ADD_SQL, *args)
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        if claim is not None and idempotency_db.is_claim_collision(exc):
-            await db.query(idempotency_db.raise_if_taken, claim)
-            await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
-            return await _add_in_one_statement(
-                db, namespace, session, participant, role, now, condition, claim
-            )
-        raise
+    return await idempotency_db.fetch_claiming(db, claim, _ADD_SQL, *args)
 
 
 # A member of a live, enabled session, with what `add` must know, and the call's claim.

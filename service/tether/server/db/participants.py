@@ -85,15 +85,10 @@ async def _insert_hot(
     db: Database, sql: str, values: dict[str, Any], claim: idempotency_db.Claim | None
 ) -> Row | None:
     """Run one of the inserts above: the new participant, or None when a conflict refused it."""
-    assert db.hot is not None
     args = [values.get(c.name) for c in _NEW_COLUMNS] + idempotency_db.claim_args(claim, _name(values))
     try:
-        return await db.hot.fetchrow(sql, *args)
+        return await idempotency_db.fetch_claiming(db, claim, sql, *args)
     except asyncpg.IntegrityConstraintViolationError as exc:
-        if claim is not None and idempotency_db.is_claim_collision(exc):
-            await db.query(idempotency_db.raise_if_taken, claim)
-            await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
-            return await _insert_hot(db, sql, values, claim)
         if constraint_kind(exc) == "foreign_key":
             raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
         raise

@@ -394,14 +394,9 @@ def _explain_refused_create(
 async def _insert_new(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
     """Run `_CREATE_SQL` (PostgreSQL): the new session, or None when it was refused.
     Replayed (or REQUEST_ID_CONFLICT) when the claim collides."""
-    assert db.hot is not None
     try:
-        return await db.hot.fetchrow(_CREATE_SQL, *_create_args(values, claim))
+        return await idempotency_db.fetch_claiming(db, claim, _CREATE_SQL, *_create_args(values, claim))
     except asyncpg.IntegrityConstraintViolationError as exc:
-        if claim is not None and idempotency_db.is_claim_collision(exc):
-            await db.query(idempotency_db.raise_if_taken, claim)
-            await idempotency_db.drop_if_expired(db, claim)  # expired, not yet swept
-            return await _insert_new(db, values, claim)
         # A participant removed between the check and the insert: the caller explains it.
         if constraint_kind(exc) != "foreign_key":
             raise

@@ -101,10 +101,9 @@ class SqliteRunner:
             try:
                 async with self._write_turn:
                     await loop.run_in_executor(self._writer, self._commit, batch)
-            except BaseException as exc:  # the batch did not commit: every call in it failed
+            except BaseException as exc:  # the batch did not commit: every call in it failed with it
                 for job in batch:
-                    job.error = job.error or exc
-                    job.result = None
+                    job.error = exc
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             finally:
@@ -119,20 +118,15 @@ class SqliteRunner:
                         job.future.set_result(job.result)
 
     def _commit(self, batch: list[_Job]) -> None:
+        """One transaction for the batch; a failed BEGIN or COMMIT raises (nothing is stored)."""
         conn = self._connection()
-        try:
-            with conn.begin():
-                for job in batch:
-                    try:
-                        with conn.begin_nested():
-                            job.result = job.work(conn)
-                    except Exception as exc:  # this call's error: rolled back to its savepoint
-                        job.error = exc
-        except Exception:
-            # BEGIN or COMMIT failed: nothing of the batch is stored.
+        with conn.begin():
             for job in batch:
-                job.error = None
-            raise
+                try:
+                    with conn.begin_nested():
+                        job.result = job.work(conn)
+                except Exception as exc:  # this call's error: rolled back to its savepoint
+                    job.error = exc
 
     def close(self) -> None:
         """Stop the threads and close their connections."""
