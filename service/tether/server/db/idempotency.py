@@ -121,10 +121,23 @@ CLAIM_JOIN_ON: ColumnElement[bool] = and_(
 )
 
 
+# The same join in hand-written SQL (PostgreSQL's hot lookups): the namespace is $1.
+CLAIM_SELECT_SQL = (
+    "i.resource AS claim_resource, i.method AS claim_method, i.fingerprint AS claim_fingerprint"
+)
+
+
+def claim_join_sql(request_id: str, now: str) -> str:
+    """`LEFT JOIN idempotency i` on the call's claim, given the placeholders of its
+    request id and clock (`claim_params`' values)."""
+    on = f"i.namespace = $1 AND i.request_id = {request_id} AND i.expire_time > {now}"
+    return f"LEFT JOIN idempotency i ON {on}"
+
+
 def claim_params(scope: str, claim: Claim | None) -> dict[str, Any]:
     """The parameters of `CLAIM_JOIN_ON` (no request id: a NULL that matches nothing)."""
     if claim is None:
-        return {"c_scope": scope, "c_request_id": None, "c_now": utcnow()}
+        return {"c_scope": scope, "c_request_id": None, "c_now": None}
     return {"c_scope": claim.scope, "c_request_id": claim.request_id, "c_now": claim.now}
 
 

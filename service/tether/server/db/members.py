@@ -223,14 +223,16 @@ _EXISTING = (
 )
 _EXISTING_SQL = (
     "SELECT {}, p.kind AS participant_kind, p.uid AS participant_uid, s.managed AS session_managed, "
-    "p.managed AS participant_managed, i.resource AS claim_resource, i.method AS claim_method, "
-    "i.fingerprint AS claim_fingerprint FROM members m "
+    "p.managed AS participant_managed, {} FROM members m "
     "JOIN participants p ON p.namespace = m.namespace AND p.participant = m.participant "
-    "JOIN sessions s ON s.namespace = m.namespace AND s.session = m.session "
-    "LEFT JOIN idempotency i ON i.namespace = $1 AND i.request_id = $4 AND i.expire_time > $5 "
+    "JOIN sessions s ON s.namespace = m.namespace AND s.session = m.session {} "
     "WHERE m.namespace = $1 AND m.session = $2 AND m.participant = $3 "
     "AND s.delete_time IS NULL AND s.enabled"
-).format(", ".join(f'm."{c.name}"' for c in members.columns))
+).format(
+    ", ".join(f'm."{c.name}"' for c in members.columns),
+    idempotency_db.CLAIM_SELECT_SQL,
+    idempotency_db.claim_join_sql("$4", "$5"),
+)
 
 
 async def _existing(

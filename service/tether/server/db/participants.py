@@ -142,11 +142,13 @@ _LOOKUP = (
     )
 )
 _LOOKUP_SQL = (
-    "SELECT {}, i.resource AS claim_resource, i.method AS claim_method, i.fingerprint AS claim_fingerprint "
-    "FROM participants p LEFT JOIN idempotency i "
-    "ON i.namespace = $1 AND i.request_id = $4 AND i.expire_time > $5 "
+    "SELECT {}, {} FROM participants p {} "
     "WHERE p.namespace = $1 AND p.kind = $2 AND p.external_id = $3 AND p.delete_time IS NULL"
-).format(", ".join(f'p."{name}"' for name in _COLUMNS))
+).format(
+    ", ".join(f'p."{name}"' for name in _COLUMNS),
+    idempotency_db.CLAIM_SELECT_SQL,
+    idempotency_db.claim_join_sql("$4", "$5"),
+)
 
 
 def _lookup(conn: Connection, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:

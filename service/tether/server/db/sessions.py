@@ -64,10 +64,6 @@ def _columns(prefix: str = "") -> str:
     return ", ".join(f'{prefix}"{name}"' for name in _COLUMNS)
 
 
-_CLAIM_SELECT = "i.resource AS claim_resource, i.method AS claim_method, i.fingerprint AS claim_fingerprint"
-_CLAIM_JOIN = "LEFT JOIN idempotency i ON i.namespace = $1 AND i.request_id = {rid} AND i.expire_time > {now}"
-
-
 @dataclass(frozen=True)
 class ConflictTarget:
     """A live-session unique key: its lookup (a Core statement and its hot SQL twin,
@@ -105,13 +101,15 @@ _CONVERSATION_LOOKUP = _WITH_CLAIM.where(
     _LIVE,
 )
 _CONVERSATION_LOOKUP_SQL = (
-    f"SELECT {_columns('s.')}, {_CLAIM_SELECT} FROM sessions s {_CLAIM_JOIN.format(rid='$5', now='$6')} "
+    f"SELECT {_columns('s.')}, {idempotency_db.CLAIM_SELECT_SQL} FROM sessions s "
+    f"{idempotency_db.claim_join_sql('$5', '$6')} "
     "WHERE s.namespace = $1 AND s.agent = $2 AND s.channel = $3 AND s.external_conversation_id = $4 "
     "AND s.delete_time IS NULL"
 )
 _AGENT_PAIR_LOOKUP = _WITH_CLAIM.where(_NAMESPACE_PARAM, sessions.c.agent_pair == bindparam("p_pair"), _LIVE)
 _AGENT_PAIR_LOOKUP_SQL = (
-    f"SELECT {_columns('s.')}, {_CLAIM_SELECT} FROM sessions s {_CLAIM_JOIN.format(rid='$3', now='$4')} "
+    f"SELECT {_columns('s.')}, {idempotency_db.CLAIM_SELECT_SQL} FROM sessions s "
+    f"{idempotency_db.claim_join_sql('$3', '$4')} "
     "WHERE s.namespace = $1 AND s.agent_pair = $2 AND s.delete_time IS NULL"
 )
 
