@@ -113,6 +113,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 raise
             return await replay(resource)
 
+    # A resource by name: the Get* handlers, and what a replay answers.
+
     async def _namespace(self, name: str) -> namespace_pb2.Namespace:
         return convert.namespace_to_proto(await namespace_db.get(self._db, names.parse_namespace(name)))
 
@@ -166,8 +168,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def GetNamespace(
         self, request: pb.GetNamespaceRequest, context: Context
     ) -> namespace_pb2.Namespace:
-        namespace = names.parse_namespace(request.name)
-        return convert.namespace_to_proto(await namespace_db.get(self._db, namespace))
+        return await self._namespace(request.name)
 
     async def ListNamespaces(
         self, request: pb.ListNamespacesRequest, context: Context
@@ -231,10 +232,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def GetParticipant(
         self, request: pb.GetParticipantRequest, context: Context
     ) -> participant_pb2.Participant:
-        ref = names.parse_participant(request.name)
-        return convert.participant_to_proto(
-            await participant_db.get(self._db, ref.namespace, ref.participant)
-        )
+        return await self._participant(request.name)
 
     async def ListParticipants(
         self, request: pb.ListParticipantsRequest, context: Context
@@ -338,8 +336,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         return await self._created(claim, create, self._session)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> session_pb2.Session:
-        ref = names.parse_session(request.name)
-        return convert.session_to_proto(await session_db.get(self._db, ref.namespace, ref.session))
+        return await self._session(request.name)
 
     async def BatchGetSessions(
         self, request: pb.BatchGetSessionsRequest, context: Context
