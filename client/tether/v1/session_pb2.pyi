@@ -117,6 +117,7 @@ class Session(_message.Message):
     PURGE_TIME_FIELD_NUMBER: _builtins.int
     MEMBER_COUNT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `namespaces/{namespace}/sessions/{session}`. The id
     segment is client-chosen (`CreateSessionRequest.session_id`, matching
@@ -154,7 +155,7 @@ class Session(_message.Message):
     group_name: _builtins.str
     """Name of the IM group, at most 200 characters. GROUP sessions only."""
     enabled: _builtins.bool
-    """A disabled session refuses RecordActivity and new members. Defaults to
+    """A disabled session refuses RecordActivity, AppendEvent and new members. Defaults to
     true on create.
     """
     managed: _builtins.bool
@@ -169,6 +170,11 @@ class Session(_message.Message):
     in UpdateSession to make the update conditional (DeleteSession and
     UndeleteSession take it in the request); empty on input: an
     unconditional update.
+    """
+    event_count: _builtins.int
+    """Number of events in the session's log (AppendEvent adds one, DeleteEvent
+    and PurgeEvents take theirs away). Like `last_activity_time`, it leaves
+    the etag as it is.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -193,7 +199,8 @@ class Session(_message.Message):
     @_builtins.property
     def last_activity_time(self) -> _timestamp_pb2.Timestamp:
         """Time of the latest activity: `create_time` at creation, then moved by
-        RecordActivity; it only ever moves forward.
+        RecordActivity and AppendEvent (to an event's `event_time`); it only ever
+        moves forward.
         """
 
     @_builtins.property
@@ -240,10 +247,11 @@ class Session(_message.Message):
         purge_time: _timestamp_pb2.Timestamp | None = ...,
         member_count: _builtins.int = ...,
         etag: _builtins.str = ...,
+        event_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_managed", b"_managed", "create_time", b"create_time", "delete_time", b"delete_time", "enabled", b"enabled", "expiration", b"expiration", "expire_time", b"expire_time", "last_activity_time", b"last_activity_time", "managed", b"managed", "purge_time", b"purge_time", "session_state", b"session_state", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_managed", b"_managed", "agent", b"agent", "auto_created", b"auto_created", "channel", b"channel", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "display_name", b"display_name", "enabled", b"enabled", "etag", b"etag", "expiration", b"expiration", "expire_time", b"expire_time", "external_conversation_id", b"external_conversation_id", "group_name", b"group_name", "kind", b"kind", "labels", b"labels", "last_activity_time", b"last_activity_time", "managed", b"managed", "member_count", b"member_count", "name", b"name", "peer_agent", b"peer_agent", "purge_time", b"purge_time", "session_state", b"session_state", "ttl", b"ttl", "uid", b"uid", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_managed", b"_managed", "agent", b"agent", "auto_created", b"auto_created", "channel", b"channel", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "display_name", b"display_name", "enabled", b"enabled", "etag", b"etag", "event_count", b"event_count", "expiration", b"expiration", "expire_time", b"expire_time", "external_conversation_id", b"external_conversation_id", "group_name", b"group_name", "kind", b"kind", "labels", b"labels", "last_activity_time", b"last_activity_time", "managed", b"managed", "member_count", b"member_count", "name", b"name", "peer_agent", b"peer_agent", "purge_time", b"purge_time", "session_state", b"session_state", "ttl", b"ttl", "uid", b"uid", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015

@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from tether.v1 import event_pb2 as _event_pb2
 from tether.v1 import namespace_pb2 as _namespace_pb2
 from tether.v1 import participant_pb2 as _participant_pb2
 from tether.v1 import session_pb2 as _session_pb2
@@ -1173,6 +1174,344 @@ class ListMembersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
+
+@_typing.final
+class AppendEventRequest(_message.Message):
+    """Request for AppendEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AuthorKey(_message.Message):
+        """The author found or created by key."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KIND_FIELD_NUMBER: _builtins.int
+        EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+        PARTICIPANT_FIELD_NUMBER: _builtins.int
+        kind: _participant_pb2.Participant.Kind.ValueType
+        """USER or AGENT. Required."""
+        external_id: _builtins.str
+        """The caller's id for the participant. Required, at most 256 characters."""
+        @_builtins.property
+        def participant(self) -> _participant_pb2.Participant:
+            """Template for a new author; its `kind` and `external_id`, if set, must
+            match the key.
+            """
+
+        def __init__(
+            self,
+            *,
+            kind: _participant_pb2.Participant.Kind.ValueType = ...,
+            external_id: _builtins.str = ...,
+            participant: _participant_pb2.Participant | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["participant", b"participant"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "kind", b"kind", "participant", b"participant"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    EXTERNAL_CONVERSATION_FIELD_NUMBER: _builtins.int
+    AGENT_PAIR_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    AUTHOR_KEY_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The session, `namespaces/{namespace}/sessions/{session}`; with a
+    `session_key`, the namespace it is found or created in,
+    `namespaces/{namespace}`. Required.
+    """
+    event_id: _builtins.str
+    """The event's id; the server assigns a UUID when empty. Matches
+    `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`; unique within the session.
+    """
+    expected_last_sequence: _builtins.int
+    """Append only if the session's last sequence (that of its latest event, 0
+    before the first) is this: else ABORTED / STALE_SEQUENCE, whose ErrorInfo
+    metadata carries `last_sequence`. A stale writer learns that someone
+    appended since it read.
+    """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), a UUID: a repeat returns what the first call
+    appended (the event and its session as they are now), without appending
+    again.
+    """
+    @_builtins.property
+    def external_conversation(self) -> Global___FindOrCreateSessionRequest.ExternalConversation:
+        """Find by agent + channel + conversation id."""
+
+    @_builtins.property
+    def agent_pair(self) -> Global___FindOrCreateSessionRequest.AgentPair:
+        """Find the AGENT_TO_AGENT session of two agents (an unordered pair)."""
+
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """With a `session_key`: the template of a session the key creates, with
+        FindOrCreateSession's rules (see FindOrCreateSessionRequest.session).
+        """
+
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """The event to append. Its `author` names the author (or leave it empty and
+        set `author_key`; neither: a system event).
+        """
+
+    @_builtins.property
+    def author_key(self) -> Global___AppendEventRequest.AuthorKey:
+        """Find (or create) the author by kind and external id instead of naming it
+        in `event.author`.
+        """
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        external_conversation: Global___FindOrCreateSessionRequest.ExternalConversation | None = ...,
+        agent_pair: Global___FindOrCreateSessionRequest.AgentPair | None = ...,
+        session: _session_pb2.Session | None = ...,
+        event_id: _builtins.str = ...,
+        event: _event_pb2.Event | None = ...,
+        author_key: Global___AppendEventRequest.AuthorKey | None = ...,
+        expected_last_sequence: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "agent_pair", b"agent_pair", "author_key", b"author_key", "event", b"event", "expected_last_sequence", b"expected_last_sequence", "external_conversation", b"external_conversation", "session", b"session", "session_key", b"session_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "agent_pair", b"agent_pair", "author_key", b"author_key", "event", b"event", "event_id", b"event_id", "expected_last_sequence", b"expected_last_sequence", "external_conversation", b"external_conversation", "parent", b"parent", "request_id", b"request_id", "session", b"session", "session_key", b"session_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_sequence: _TypeAlias = _typing.Literal["expected_last_sequence"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_sequence: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence"]  # noqa: Y015
+    _WhichOneofReturnType_session_key: _TypeAlias = _typing.Literal["external_conversation", "agent_pair"]  # noqa: Y015
+    _WhichOneofArgType_session_key: _TypeAlias = _typing.Literal["session_key", b"session_key"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_sequence) -> _WhichOneofReturnType__expected_last_sequence | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_session_key) -> _WhichOneofReturnType_session_key | None: ...
+
+Global___AppendEventRequest: _TypeAlias = AppendEventRequest  # noqa: Y015
+
+@_typing.final
+class AppendEventResponse(_message.Message):
+    """Response of AppendEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    SESSION_CREATED_FIELD_NUMBER: _builtins.int
+    AUTHOR_CREATED_FIELD_NUMBER: _builtins.int
+    session_created: _builtins.bool
+    """True if this call created the session (by `session_key`)."""
+    author_created: _builtins.bool
+    """True if this call created the author (by `author_key`)."""
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """The event appended."""
+
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """The session right after the append."""
+
+    def __init__(
+        self,
+        *,
+        event: _event_pb2.Event | None = ...,
+        session: _session_pb2.Session | None = ...,
+        session_created: _builtins.bool = ...,
+        author_created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_created", b"author_created", "event", b"event", "session", b"session", "session_created", b"session_created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendEventResponse: _TypeAlias = AppendEventResponse  # noqa: Y015
+
+@_typing.final
+class GetEventRequest(_message.Message):
+    """Request for GetEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`namespaces/{namespace}/sessions/{session}/events/{event}`. Required."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventRequest: _TypeAlias = GetEventRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    """Request for ListEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The session, `namespaces/{namespace}/sessions/{session}`. Required."""
+    page_size: _builtins.int
+    """At most this many results; default 50, values above 1000 are treated as
+    1000, negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of a previous call with the same parent, filter and
+    order_by.
+    """
+    filter: _builtins.str
+    """AIP-160 filter. Fields: `author`, `invocation_id`, `branch`,
+    `event_time`, `create_time` (RFC 3339), `sequence`, `labels.<key>`, e.g.
+    `author = "namespaces/default/participants/alice" AND sequence > 10`.
+    """
+    order_by: _builtins.str
+    """`sequence` (oldest first, the default) or `sequence desc` (newest first:
+    "the last 20" is `page_size: 20, order_by: "sequence desc"`).
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    """Response of ListEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:
+        """The events of this page."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_event_pb2.Event] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteEventRequest(_message.Message):
+    """Request for DeleteEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`namespaces/{namespace}/sessions/{session}/events/{event}`. Required."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEventRequest: _TypeAlias = DeleteEventRequest  # noqa: Y015
+
+@_typing.final
+class PurgeEventsRequest(_message.Message):
+    """Request for PurgeEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The session, `namespaces/{namespace}/sessions/{session}`. Required."""
+    filter: _builtins.str
+    """Which events to purge, in the ListEvents filter grammar. Required; `*`
+    matches every event.
+    """
+    force: _builtins.bool
+    """False: only count the matches and return a sample. True: purge them."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "force", b"force", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeEventsRequest: _TypeAlias = PurgeEventsRequest  # noqa: Y015
+
+@_typing.final
+class PurgeEventsResponse(_message.Message):
+    """Response of PurgeEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURGE_COUNT_FIELD_NUMBER: _builtins.int
+    PURGE_SAMPLE_FIELD_NUMBER: _builtins.int
+    purge_count: _builtins.int
+    """How many events matched (and, with `force`, were purged)."""
+    @_builtins.property
+    def purge_sample(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 100 names of matching events, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        purge_count: _builtins.int = ...,
+        purge_sample: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purge_count", b"purge_count", "purge_sample", b"purge_sample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeEventsResponse: _TypeAlias = PurgeEventsResponse  # noqa: Y015
 
 @_typing.final
 class WatchSessionsRequest(_message.Message):

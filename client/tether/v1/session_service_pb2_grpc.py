@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from tether.v1 import event_pb2 as tether_dot_v1_dot_event__pb2
 from tether.v1 import namespace_pb2 as tether_dot_v1_dot_namespace__pb2
 from tether.v1 import participant_pb2 as tether_dot_v1_dot_participant__pb2
 from tether.v1 import session_pb2 as tether_dot_v1_dot_session__pb2
@@ -31,7 +32,8 @@ if _version_not_supported:
 
 class SessionServiceStub:
     """Owns conversation sessions for agent platforms: namespaces (tenants),
-    participants (users and agents), sessions and their members.
+    participants (users and agents), sessions, their members and their events
+    (the conversation itself).
 
     Every error is a google.rpc.Status carrying google.rpc.ErrorInfo (domain
     `tether`) and, for bad input, google.rpc.BadRequest field violations.
@@ -168,6 +170,31 @@ class SessionServiceStub:
                 request_serializer=tether_dot_v1_dot_session__service__pb2.ListMembersRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_session__service__pb2.ListMembersResponse.FromString,
                 _registered_method=True)
+        self.AppendEvent = channel.unary_unary(
+                '/tether.v1.SessionService/AppendEvent',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.AppendEventRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.AppendEventResponse.FromString,
+                _registered_method=True)
+        self.GetEvent = channel.unary_unary(
+                '/tether.v1.SessionService/GetEvent',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.GetEventRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_event__pb2.Event.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/tether.v1.SessionService/ListEvents',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.DeleteEvent = channel.unary_unary(
+                '/tether.v1.SessionService/DeleteEvent',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.DeleteEventRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.PurgeEvents = channel.unary_unary(
+                '/tether.v1.SessionService/PurgeEvents',
+                request_serializer=tether_dot_v1_dot_session__service__pb2.PurgeEventsRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_session__service__pb2.PurgeEventsResponse.FromString,
+                _registered_method=True)
         self.WatchSessions = channel.unary_stream(
                 '/tether.v1.SessionService/WatchSessions',
                 request_serializer=tether_dot_v1_dot_session__service__pb2.WatchSessionsRequest.SerializeToString,
@@ -177,7 +204,8 @@ class SessionServiceStub:
 
 class SessionServiceServicer:
     """Owns conversation sessions for agent platforms: namespaces (tenants),
-    participants (users and agents), sessions and their members.
+    participants (users and agents), sessions, their members and their events
+    (the conversation itself).
 
     Every error is a google.rpc.Status carrying google.rpc.ErrorInfo (domain
     `tether`) and, for bad input, google.rpc.BadRequest field violations.
@@ -368,6 +396,51 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendEvent(self, request, context):
+        """Appends an event to a session's log: the chat hot path, one call per
+        incoming message. The session is named, or found or created by a key as
+        FindOrCreateSession finds it; the author is named, or found or created by
+        `{kind, external_id}`. In GROUP and TRIGGER sessions an author who is not
+        a member joins as MEMBER; in DIRECT and AGENT_TO_AGENT sessions the author
+        must be a member (FAILED_PRECONDITION). The event's `state_delta` is
+        merged into the session's `session_state` and its `event_time` moves
+        `last_activity_time`, atomically with the append. A deleted or disabled
+        session refuses it (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvent(self, request, context):
+        """Gets an event, also one of a soft-deleted session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Lists a session's events by `sequence`, oldest or newest first, filtered
+        and paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEvent(self, request, context):
+        """Removes one event for good (a correction); its sequence is not reused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeEvents(self, request, context):
+        """Permanently removes the events of a session that match a filter. Admin
+        only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchSessions(self, request, context):
         """Streams changes to sessions in a namespace, each with a per-namespace
         `revision`; resumable from a revision.
@@ -504,6 +577,31 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.ListMembersRequest.FromString,
                     response_serializer=tether_dot_v1_dot_session__service__pb2.ListMembersResponse.SerializeToString,
             ),
+            'AppendEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvent,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.AppendEventRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.AppendEventResponse.SerializeToString,
+            ),
+            'GetEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvent,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.GetEventRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_event__pb2.Event.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.ListEventsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'DeleteEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEvent,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.DeleteEventRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'PurgeEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeEvents,
+                    request_deserializer=tether_dot_v1_dot_session__service__pb2.PurgeEventsRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_session__service__pb2.PurgeEventsResponse.SerializeToString,
+            ),
             'WatchSessions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSessions,
                     request_deserializer=tether_dot_v1_dot_session__service__pb2.WatchSessionsRequest.FromString,
@@ -519,7 +617,8 @@ def add_SessionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class SessionService:
     """Owns conversation sessions for agent platforms: namespaces (tenants),
-    participants (users and agents), sessions and their members.
+    participants (users and agents), sessions, their members and their events
+    (the conversation itself).
 
     Every error is a google.rpc.Status carrying google.rpc.ErrorInfo (domain
     `tether`) and, for bad input, google.rpc.BadRequest field violations.
@@ -1190,6 +1289,141 @@ class SessionService:
             '/tether.v1.SessionService/ListMembers',
             tether_dot_v1_dot_session__service__pb2.ListMembersRequest.SerializeToString,
             tether_dot_v1_dot_session__service__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/AppendEvent',
+            tether_dot_v1_dot_session__service__pb2.AppendEventRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.AppendEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/GetEvent',
+            tether_dot_v1_dot_session__service__pb2.GetEventRequest.SerializeToString,
+            tether_dot_v1_dot_event__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/ListEvents',
+            tether_dot_v1_dot_session__service__pb2.ListEventsRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/DeleteEvent',
+            tether_dot_v1_dot_session__service__pb2.DeleteEventRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.SessionService/PurgeEvents',
+            tether_dot_v1_dot_session__service__pb2.PurgeEventsRequest.SerializeToString,
+            tether_dot_v1_dot_session__service__pb2.PurgeEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

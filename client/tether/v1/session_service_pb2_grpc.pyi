@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
+from tether.v1 import event_pb2 as _event_pb2
 from tether.v1 import namespace_pb2 as _namespace_pb2
 from tether.v1 import participant_pb2 as _participant_pb2
 from tether.v1 import session_pb2 as _session_pb2
@@ -32,7 +33,8 @@ GRPC_VERSION: str
 
 class SessionServiceStub:
     """Owns conversation sessions for agent platforms: namespaces (tenants),
-    participants (users and agents), sessions and their members.
+    participants (users and agents), sessions, their members and their events
+    (the conversation itself).
 
     Every error is a google.rpc.Status carrying google.rpc.ErrorInfo (domain
     `tether`) and, for bad input, google.rpc.BadRequest field violations.
@@ -108,6 +110,29 @@ class SessionServiceStub:
     """
     ListMembers: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListMembersRequest, _session_service_pb2.ListMembersResponse]
     """Lists a session's members in join order."""
+    AppendEvent: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.AppendEventRequest, _session_service_pb2.AppendEventResponse]
+    """Appends an event to a session's log: the chat hot path, one call per
+    incoming message. The session is named, or found or created by a key as
+    FindOrCreateSession finds it; the author is named, or found or created by
+    `{kind, external_id}`. In GROUP and TRIGGER sessions an author who is not
+    a member joins as MEMBER; in DIRECT and AGENT_TO_AGENT sessions the author
+    must be a member (FAILED_PRECONDITION). The event's `state_delta` is
+    merged into the session's `session_state` and its `event_time` moves
+    `last_activity_time`, atomically with the append. A deleted or disabled
+    session refuses it (FAILED_PRECONDITION).
+    """
+    GetEvent: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetEventRequest, _event_pb2.Event]
+    """Gets an event, also one of a soft-deleted session."""
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListEventsRequest, _session_service_pb2.ListEventsResponse]
+    """Lists a session's events by `sequence`, oldest or newest first, filtered
+    and paginated.
+    """
+    DeleteEvent: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.DeleteEventRequest, _empty_pb2.Empty]
+    """Removes one event for good (a correction); its sequence is not reused."""
+    PurgeEvents: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.PurgeEventsRequest, _session_service_pb2.PurgeEventsResponse]
+    """Permanently removes the events of a session that match a filter. Admin
+    only.
+    """
     WatchSessions: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionsRequest, _session_service_pb2.WatchSessionsResponse]
     """Streams changes to sessions in a namespace, each with a per-namespace
     `revision`; resumable from a revision.
@@ -116,7 +141,8 @@ class SessionServiceStub:
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
     """Owns conversation sessions for agent platforms: namespaces (tenants),
-    participants (users and agents), sessions and their members.
+    participants (users and agents), sessions, their members and their events
+    (the conversation itself).
 
     Every error is a google.rpc.Status carrying google.rpc.ErrorInfo (domain
     `tether`) and, for bad input, google.rpc.BadRequest field violations.
@@ -189,6 +215,29 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """
     ListMembers: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListMembersRequest, _session_service_pb2.ListMembersResponse]  # type: ignore[assignment]
     """Lists a session's members in join order."""
+    AppendEvent: _aio.UnaryUnaryMultiCallable[_session_service_pb2.AppendEventRequest, _session_service_pb2.AppendEventResponse]  # type: ignore[assignment]
+    """Appends an event to a session's log: the chat hot path, one call per
+    incoming message. The session is named, or found or created by a key as
+    FindOrCreateSession finds it; the author is named, or found or created by
+    `{kind, external_id}`. In GROUP and TRIGGER sessions an author who is not
+    a member joins as MEMBER; in DIRECT and AGENT_TO_AGENT sessions the author
+    must be a member (FAILED_PRECONDITION). The event's `state_delta` is
+    merged into the session's `session_state` and its `event_time` moves
+    `last_activity_time`, atomically with the append. A deleted or disabled
+    session refuses it (FAILED_PRECONDITION).
+    """
+    GetEvent: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetEventRequest, _event_pb2.Event]  # type: ignore[assignment]
+    """Gets an event, also one of a soft-deleted session."""
+    ListEvents: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListEventsRequest, _session_service_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Lists a session's events by `sequence`, oldest or newest first, filtered
+    and paginated.
+    """
+    DeleteEvent: _aio.UnaryUnaryMultiCallable[_session_service_pb2.DeleteEventRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Removes one event for good (a correction); its sequence is not reused."""
+    PurgeEvents: _aio.UnaryUnaryMultiCallable[_session_service_pb2.PurgeEventsRequest, _session_service_pb2.PurgeEventsResponse]  # type: ignore[assignment]
+    """Permanently removes the events of a session that match a filter. Admin
+    only.
+    """
     WatchSessions: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionsRequest, _session_service_pb2.WatchSessionsResponse]  # type: ignore[assignment]
     """Streams changes to sessions in a namespace, each with a per-namespace
     `revision`; resumable from a revision.
@@ -196,7 +245,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns conversation sessions for agent platforms: namespaces (tenants),
-    participants (users and agents), sessions and their members.
+    participants (users and agents), sessions, their members and their events
+    (the conversation itself).
 
     Every error is a google.rpc.Status carrying google.rpc.ErrorInfo (domain
     `tether`) and, for bad input, google.rpc.BadRequest field violations.
@@ -417,6 +467,59 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.ListMembersResponse, _abc.Awaitable[_session_service_pb2.ListMembersResponse]]:
         """Lists a session's members in join order."""
+
+    @_abc_1.abstractmethod
+    def AppendEvent(
+        self,
+        request: _session_service_pb2.AppendEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.AppendEventResponse, _abc.Awaitable[_session_service_pb2.AppendEventResponse]]:
+        """Appends an event to a session's log: the chat hot path, one call per
+        incoming message. The session is named, or found or created by a key as
+        FindOrCreateSession finds it; the author is named, or found or created by
+        `{kind, external_id}`. In GROUP and TRIGGER sessions an author who is not
+        a member joins as MEMBER; in DIRECT and AGENT_TO_AGENT sessions the author
+        must be a member (FAILED_PRECONDITION). The event's `state_delta` is
+        merged into the session's `session_state` and its `event_time` moves
+        `last_activity_time`, atomically with the append. A deleted or disabled
+        session refuses it (FAILED_PRECONDITION).
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvent(
+        self,
+        request: _session_service_pb2.GetEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.Event, _abc.Awaitable[_event_pb2.Event]]:
+        """Gets an event, also one of a soft-deleted session."""
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _session_service_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.ListEventsResponse, _abc.Awaitable[_session_service_pb2.ListEventsResponse]]:
+        """Lists a session's events by `sequence`, oldest or newest first, filtered
+        and paginated.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteEvent(
+        self,
+        request: _session_service_pb2.DeleteEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Removes one event for good (a correction); its sequence is not reused."""
+
+    @_abc_1.abstractmethod
+    def PurgeEvents(
+        self,
+        request: _session_service_pb2.PurgeEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.PurgeEventsResponse, _abc.Awaitable[_session_service_pb2.PurgeEventsResponse]]:
+        """Permanently removes the events of a session that match a filter. Admin
+        only.
+        """
 
     @_abc_1.abstractmethod
     def WatchSessions(

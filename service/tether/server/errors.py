@@ -38,10 +38,12 @@ class Reason(StrEnum):
     PARTICIPANT_NOT_FOUND = "PARTICIPANT_NOT_FOUND"
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
     MEMBER_NOT_FOUND = "MEMBER_NOT_FOUND"
+    EVENT_NOT_FOUND = "EVENT_NOT_FOUND"
     NAMESPACE_ALREADY_EXISTS = "NAMESPACE_ALREADY_EXISTS"
     PARTICIPANT_ALREADY_EXISTS = "PARTICIPANT_ALREADY_EXISTS"
     SESSION_ALREADY_EXISTS = "SESSION_ALREADY_EXISTS"
     MEMBER_ALREADY_EXISTS = "MEMBER_ALREADY_EXISTS"
+    EVENT_ALREADY_EXISTS = "EVENT_ALREADY_EXISTS"
     EXTERNAL_ID_ALREADY_EXISTS = "EXTERNAL_ID_ALREADY_EXISTS"
     CONVERSATION_ALREADY_EXISTS = "CONVERSATION_ALREADY_EXISTS"
     SESSION_DELETED = "SESSION_DELETED"
@@ -49,10 +51,12 @@ class Reason(StrEnum):
     PARTICIPANT_DELETED = "PARTICIPANT_DELETED"
     PARTICIPANT_DISABLED = "PARTICIPANT_DISABLED"
     AUTOMATIC_MEMBER = "AUTOMATIC_MEMBER"
+    NOT_A_MEMBER = "NOT_A_MEMBER"
     NAMESPACE_NOT_EMPTY = "NAMESPACE_NOT_EMPTY"
     TEMPLATE_MISMATCH = "TEMPLATE_MISMATCH"
     REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
     ETAG_MISMATCH = "ETAG_MISMATCH"
+    STALE_SEQUENCE = "STALE_SEQUENCE"
     CONCURRENT_CHANGE = "CONCURRENT_CHANGE"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -92,7 +96,8 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     ),
     Reason.SIZE_LIMIT_EXCEEDED: (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "A value is over its size limit (`session_state` 256 KiB, `metadata` 64 KiB).",
+        "A value is over its size limit (`session_state` 256 KiB, also after an event's `state_delta` is "
+        "merged; `metadata` 64 KiB; an event's `content` + `state_delta` 1 MiB).",
     ),
     Reason.NAMESPACE_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "The namespace does not exist."),
     Reason.PARTICIPANT_NOT_FOUND: (
@@ -104,6 +109,7 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
         "The session (or, in BatchGetSessions, one of them) does not exist.",
     ),
     Reason.MEMBER_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "The participant is not a member of the session."),
+    Reason.EVENT_NOT_FOUND: (grpc.StatusCode.NOT_FOUND, "The session has no event with this id."),
     Reason.NAMESPACE_ALREADY_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, "A namespace with this id exists."),
     Reason.PARTICIPANT_ALREADY_EXISTS: (
         grpc.StatusCode.ALREADY_EXISTS,
@@ -116,6 +122,10 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     Reason.MEMBER_ALREADY_EXISTS: (
         grpc.StatusCode.ALREADY_EXISTS,
         "The participant is already a member of the session.",
+    ),
+    Reason.EVENT_ALREADY_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "The session already has an event with this `event_id`; nothing was appended.",
     ),
     Reason.EXTERNAL_ID_ALREADY_EXISTS: (
         grpc.StatusCode.ALREADY_EXISTS,
@@ -131,7 +141,8 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     ),
     Reason.SESSION_DISABLED: (
         grpc.StatusCode.FAILED_PRECONDITION,
-        "The session is disabled: RecordActivity, AddMember and updates (except enabling it) are refused.",
+        "The session is disabled: RecordActivity, AppendEvent, AddMember and updates (except enabling it) "
+        "are refused.",
     ),
     Reason.PARTICIPANT_DELETED: (
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -144,6 +155,11 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     Reason.AUTOMATIC_MEMBER: (
         grpc.StatusCode.FAILED_PRECONDITION,
         "The session's agent, user and peer_agent are members for good and cannot be removed.",
+    ),
+    Reason.NOT_A_MEMBER: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "AppendEvent by an author who is not a member of a DIRECT or AGENT_TO_AGENT session (in GROUP "
+        "and TRIGGER sessions the author joins instead); metadata `resource_name` names the author.",
     ),
     Reason.NAMESPACE_NOT_EMPTY: (
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -161,6 +177,11 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     Reason.ETAG_MISMATCH: (
         grpc.StatusCode.ABORTED,
         "The resource changed since the `etag` was read; read it again and retry.",
+    ),
+    Reason.STALE_SEQUENCE: (
+        grpc.StatusCode.ABORTED,
+        "AppendEvent's `expected_last_sequence` is not the session's last sequence: another event was "
+        "appended since the caller read; metadata `last_sequence` holds the current one.",
     ),
     Reason.CONCURRENT_CHANGE: (
         grpc.StatusCode.ABORTED,
@@ -300,6 +321,7 @@ class Resource(StrEnum):
     PARTICIPANT = "participant"
     SESSION = "session"
     MEMBER = "member"
+    EVENT = "event"
 
 
 _NOT_FOUND: dict[Resource, Reason] = {
@@ -307,12 +329,14 @@ _NOT_FOUND: dict[Resource, Reason] = {
     Resource.PARTICIPANT: Reason.PARTICIPANT_NOT_FOUND,
     Resource.SESSION: Reason.SESSION_NOT_FOUND,
     Resource.MEMBER: Reason.MEMBER_NOT_FOUND,
+    Resource.EVENT: Reason.EVENT_NOT_FOUND,
 }
 _ALREADY_EXISTS: dict[Resource, Reason] = {
     Resource.NAMESPACE: Reason.NAMESPACE_ALREADY_EXISTS,
     Resource.PARTICIPANT: Reason.PARTICIPANT_ALREADY_EXISTS,
     Resource.SESSION: Reason.SESSION_ALREADY_EXISTS,
     Resource.MEMBER: Reason.MEMBER_ALREADY_EXISTS,
+    Resource.EVENT: Reason.EVENT_ALREADY_EXISTS,
 }
 
 

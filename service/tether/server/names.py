@@ -16,6 +16,7 @@ _NAMESPACE_RE = re.compile(rf"^namespaces/({ID_PATTERN})$")
 _PARTICIPANT_RE = re.compile(rf"^namespaces/({ID_PATTERN})/participants/({ID_PATTERN})$")
 _SESSION_RE = re.compile(rf"^namespaces/({ID_PATTERN})/sessions/({ID_PATTERN})$")
 _MEMBER_RE = re.compile(rf"^namespaces/({ID_PATTERN})/sessions/({ID_PATTERN})/members/({ID_PATTERN})$")
+_EVENT_RE = re.compile(rf"^namespaces/({ID_PATTERN})/sessions/({ID_PATTERN})/events/({ID_PATTERN})$")
 
 
 def new_id() -> str:
@@ -55,6 +56,16 @@ class MemberName:
         return member_name(self.namespace, self.session, self.participant)
 
 
+@dataclass(frozen=True, slots=True)
+class EventName:
+    namespace: str
+    session: str
+    event: str
+
+    def __str__(self) -> str:
+        return event_name(self.namespace, self.session, self.event)
+
+
 def namespace_name(namespace: str) -> str:
     return f"namespaces/{namespace}"
 
@@ -69,6 +80,10 @@ def session_name(namespace: str, session: str) -> str:
 
 def member_name(namespace: str, session: str, participant: str) -> str:
     return f"namespaces/{namespace}/sessions/{session}/members/{participant}"
+
+
+def event_name(namespace: str, session: str, event: str) -> str:
+    return f"namespaces/{namespace}/sessions/{session}/events/{event}"
 
 
 def _fail(field: str, value: str, shape: str) -> ApiError:
@@ -103,3 +118,10 @@ def parse_member(value: str, field: str = "name") -> MemberName:
     if match is None:
         raise _fail(field, value, "namespaces/{namespace}/sessions/{session}/members/{participant}")
     return MemberName(match.group(1), match.group(2), match.group(3))
+
+
+def parse_event(value: str, field: str = "name") -> EventName:
+    match = _EVENT_RE.fullmatch(value)
+    if match is None:
+        raise _fail(field, value, "namespaces/{namespace}/sessions/{session}/events/{event}")
+    return EventName(match.group(1), match.group(2), match.group(3))

@@ -39,7 +39,12 @@ from tether.v1 import session_service_pb2 as pb
 SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"]
 _NAMESPACE_SEGMENT = re.compile(rf"^namespaces/({ID_PATTERN})(?:/|$)")
 # Resource name segments of each kind: what a hidden resource's NOT_FOUND names.
-_SEGMENTS: dict[Resource, int] = {Resource.NAMESPACE: 2, Resource.PARTICIPANT: 4, Resource.SESSION: 4}
+_SEGMENTS: dict[Resource, int] = {
+    Resource.NAMESPACE: 2,
+    Resource.PARTICIPANT: 4,
+    Resource.SESSION: 4,
+    Resource.EVENT: 6,
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,12 @@ POLICY: dict[str, Rule] = {
     "UpdateMember": _write(("member.name", Resource.SESSION)),
     "RemoveMember": _write(("name", Resource.SESSION)),
     "ListMembers": _read(_PARENT_IS_SESSION),
+    # `parent` is the session, or (with a session key) its namespace.
+    "AppendEvent": _write(_PARENT_IS_SESSION),
+    "GetEvent": _read(("name", Resource.EVENT)),
+    "ListEvents": _read(_PARENT_IS_SESSION),
+    "DeleteEvent": _write(("name", Resource.EVENT)),
+    "PurgeEvents": _write(_PARENT_IS_SESSION, role=Role.ADMIN),
     "WatchSessions": _read(_PARENT_IS_NAMESPACE),
 }
 RULES_BY_PATH: dict[str, Rule] = {f"/{SERVICE.full_name}/{method}": rule for method, rule in POLICY.items()}
@@ -124,7 +135,7 @@ def namespace_of(name: str) -> str | None:
 
 def hidden(name: str, namespace: str, resource: Resource) -> errors.ApiError:
     """What the handler answers for `name` when its namespace does not exist."""
-    if resource == Resource.NAMESPACE:
+    if resource == Resource.NAMESPACE or name.count("/") == 1:  # AppendEvent's parent may be a namespace
         return errors.not_found(Resource.NAMESPACE, f"namespaces/{namespace}")
     return errors.not_found(resource, "/".join(name.split("/")[: _SEGMENTS[resource]]))
 

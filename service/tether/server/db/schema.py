@@ -161,6 +161,11 @@ sessions = Table(
     _ts("purge_time", nullable=True),
     Column("member_count", Integer, nullable=False, server_default=text("0")),
     Column("version", BigInteger, nullable=False, server_default=text("1")),
+    Column("event_count", BigInteger, nullable=False, server_default=text("0")),
+    # The sequence of the latest event appended (0 before the first): the next
+    # append takes last_sequence + 1 under the session row's lock, so sequences
+    # are gapless at append time. Deletes leave it alone (sequences are not reused).
+    Column("last_sequence", BigInteger, nullable=False, server_default=text("0")),
     ForeignKeyConstraint(["namespace"], ["namespaces.namespace"], ondelete="CASCADE"),
     ForeignKeyConstraint(
         ["namespace", "agent"], ["participants.namespace", "participants.participant"], ondelete="CASCADE"
@@ -227,6 +232,44 @@ members = Table(
 # `member = "<participant>"` filters and "sessions of a participant".
 Index("ix_members_participant", members.c.namespace, members.c.participant)
 
+# A session's conversation: an append-only log keyed by (namespace, session, sequence),
+# so "the last N" is a backward range scan of the primary key however many events the
+# namespace holds. Purging a session (or its namespace) takes its events with it.
+events = Table(
+    "events",
+    metadata,
+    Column("namespace", ID, primary_key=True),
+    Column("session", ID, primary_key=True),
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("event", ID, nullable=False),
+    Column("uid", UID, nullable=False),
+    # A participant id in the same namespace; NULL for system events.
+    Column("author", ID, nullable=True),
+    Column("invocation_id", Text, nullable=False, server_default=text("''")),
+    Column("branch", Text, nullable=False, server_default=text("''")),
+    Column("labels", JSONType, nullable=False),
+    Column("content", JSONType, nullable=True),
+    Column("state_delta", JSONType, nullable=True),
+    _ts("event_time"),
+    _ts("create_time"),
+    ForeignKeyConstraint(
+        ["namespace", "session"], ["sessions.namespace", "sessions.session"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["namespace", "author"],
+        ["participants.namespace", "participants.participant"],
+        ondelete="CASCADE",
+    ),
+)
+# GetEvent and DeleteEvent by id; a client-chosen event_id is unique within its session.
+Index("uq_events_event", events.c.namespace, events.c.session, events.c.event, unique=True)
+# The author's foreign key (a purged participant takes what it wrote with it).
+Index("ix_events_author", events.c.namespace, events.c.author)
+
+# PostgreSQL: RFC 7396 JSON merge patch of jsonb values, created by migration 0004
+# (SQLite has `json_patch`). AppendEvent merges an event's state_delta with it.
+MERGE_PATCH_FUNCTION = "tether_merge_patch"
+
 # AIP-155 request ids: what a creating call created, so a retry answers it
 # (as it is now). Written in the statement or transaction of the call's effect;
 # a FindOrCreate call that finds writes nothing here.
@@ -242,6 +285,9 @@ idempotency = Table(
     Column("fingerprint", String(64), nullable=False),
     # The created resource's name (a replay reads the resource as it is now).
     Column("resource", Text, nullable=False),
+    # What else the call created, as the response's flags that were true (AppendEvent:
+    # "session_created,author_created"), so a replay answers them as the first call did.
+    Column("also_created", Text, nullable=True),
     _ts("create_time"),
     _ts("expire_time"),
 )
