@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from tether.server import names
 from tether.server.etags import format_etag
-from tether.v1 import namespace_pb2, participant_pb2, session_pb2
+from tether.v1 import event_pb2, namespace_pb2, participant_pb2, session_pb2
 
 Row = Mapping[Any, Any]
 
@@ -110,6 +110,7 @@ def session_to_proto(row: Row) -> session_pb2.Session:
         last_activity_time=timestamp(row["last_activity_time"]),
         member_count=row["member_count"],
         etag=etag(row["uid"], row["version"]),
+        event_count=row["event_count"],
     )
     for column in ("expire_time", "delete_time", "purge_time"):
         if row[column] is not None:
@@ -126,4 +127,21 @@ def member_to_proto(row: Row) -> session_pb2.Member:
         join_time=timestamp(row["join_time"]),
         participant_kind=row["participant_kind"],
         etag=etag(row["participant_uid"], row["version"]),
+    )
+
+
+def event_to_proto(row: Row) -> event_pb2.Event:
+    namespace = row["namespace"]
+    return event_pb2.Event(
+        name=names.event_name(namespace, row["session"], row["event"]),
+        uid=row["uid"],
+        sequence=row["sequence"],
+        author=_participant_ref(namespace, row["author"]),
+        invocation_id=row["invocation_id"],
+        branch=row["branch"],
+        labels=row["labels"],
+        content=json_to_struct(row["content"]),
+        state_delta=json_to_struct(row["state_delta"]),
+        event_time=timestamp(row["event_time"]),
+        create_time=timestamp(row["create_time"]),
     )

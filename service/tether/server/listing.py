@@ -10,8 +10,10 @@ from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row
-from tether.server.db.schema import members, namespaces, participants, sessions
+from tether.server.db.schema import events, members, namespaces, participants, sessions
 from tether.server.query import (
+    EVENT_FILTER_FIELDS,
+    EVENT_ORDER_FIELDS,
     PARTICIPANT_FILTER_FIELDS,
     PARTICIPANT_ORDER_FIELDS,
     SESSION_FILTER_FIELDS,
@@ -114,4 +116,22 @@ class Lister:
             binding=(request.parent,),
         )
         stmt = member_db.member_select().where(members.c.namespace == namespace, members.c.session == session)
+        return await self._page(stmt, page, lambda: session_db.get(self._db, namespace, session))
+
+    async def events(
+        self, namespace: str, session: str, request: pb.ListEventsRequest
+    ) -> tuple[list[Row], str]:
+        """A page of a session's events by sequence (also of a soft-deleted session): the
+        primary key's range scan, however many events the namespace holds."""
+        ordering = parse_order_by(request.order_by, EVENT_ORDER_FIELDS)
+        where = compile_filter(request.filter, EVENT_FILTER_FIELDS, namespace=namespace)
+        page = page_request(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            ordering=ordering,
+            binding=(request.parent, request.filter),
+        )
+        stmt = select(events).where(events.c.namespace == namespace, events.c.session == session)
+        if where is not None:
+            stmt = stmt.where(where)
         return await self._page(stmt, page, lambda: session_db.get(self._db, namespace, session))

@@ -16,6 +16,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from tether.server import auth, convert, errors, etags, names
+from tether.server.db import events as event_db
 from tether.server.db import idempotency as idempotency_db
 from tether.server.db import members as member_db
 from tether.server.db import namespaces as namespace_db
@@ -24,14 +25,16 @@ from tether.server.db import purge as purge_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, utcnow
 from tether.server.db.write_condition import WriteCondition
+from tether.server.domain import events as event_rules
 from tether.server.domain import masks
 from tether.server.domain import participants as participant_rules
 from tether.server.domain import sessions as session_rules
 from tether.server.domain.validation import MAX_EXTERNAL_ID, Violations
 from tether.server.errors import Reason, shorten
 from tether.server.listing import Lister
-from tether.server.query import SESSION_FILTER_FIELDS, compile_filter
+from tether.server.query import EVENT_FILTER_FIELDS, SESSION_FILTER_FIELDS, compile_filter
 from tether.v1 import (
+    event_pb2,
     namespace_pb2,
     participant_pb2,
     session_pb2,
@@ -188,12 +191,17 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     # Participants ------------------------------------------------------
 
     def _new_participant(
-        self, namespace: str, participant_id: str, p: participant_pb2.Participant, v: Violations
+        self,
+        namespace: str,
+        participant_id: str,
+        p: participant_pb2.Participant,
+        v: Violations,
+        path: str = "participant",
     ) -> dict[str, Any]:
         """The new participant's row; `p.kind` is the caller's to validate (it is
         `kind` in FindOrCreateParticipant, `participant.kind` in CreateParticipant)."""
-        _check_may_set_managed(p.managed, "participant.managed")
-        participant_rules.check_fields(p, "participant", v)
+        _check_may_set_managed(p.managed, f"{path}.managed")
+        participant_rules.check_fields(p, path, v)
         v.check()  # every violation so far, then build values only from valid input
         now = utcnow()
         return {
@@ -287,17 +295,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     ) -> pb.FindOrCreateParticipantResponse:
         v = Violations()
         namespace = v.name(names.parse_namespace, request.parent, "parent", "")
-        v.enum("kind", request.kind, participant_rules.KINDS)
-        v.text("external_id", request.external_id, MAX_EXTERNAL_ID, required=True)
         v.request_id("request_id", request.request_id)
-        template = participant_pb2.Participant()
-        template.CopyFrom(request.participant)
-        for field, key_value in (("kind", request.kind), ("external_id", request.external_id)):
-            current = getattr(template, field)
-            if current and current != key_value:
-                v.add(f"participant.{field}", f"contradicts {field} ({shorten(str(key_value), 80)!r})")
-        template.kind, template.external_id = request.kind, request.external_id
-        values = self._new_participant(namespace, names.new_id(), template, v)
+        values = self._participant_for_key(namespace, request, "", v)
         v.check()
 
         claim = self._claim(namespace, request)
@@ -312,6 +311,29 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             return pb.FindOrCreateParticipantResponse(participant=await self._participant(name), created=True)
 
         return await self._created(claim, find_or_create, replay)
+
+    def _participant_for_key(
+        self,
+        namespace: str,
+        key: pb.FindOrCreateParticipantRequest | pb.AppendEventRequest.AuthorKey,
+        prefix: str,
+        v: Violations,
+    ) -> dict[str, Any]:
+        """The row of a participant to find or create by `key.kind` + `key.external_id`,
+        from the template `key.participant`, which must not contradict the key."""
+        v.enum(f"{prefix}kind", key.kind, participant_rules.KINDS)
+        v.text(f"{prefix}external_id", key.external_id, MAX_EXTERNAL_ID, required=True)
+        template = participant_pb2.Participant()
+        template.CopyFrom(key.participant)
+        for field, key_value in (("kind", key.kind), ("external_id", key.external_id)):
+            current = getattr(template, field)
+            if current and current != key_value:
+                v.add(
+                    f"{prefix}participant.{field}",
+                    f"contradicts {prefix}{field} ({shorten(str(key_value), 80)!r})",
+                )
+        template.kind, template.external_id = key.kind, key.external_id
+        return self._new_participant(namespace, names.new_id(), template, v, f"{prefix}participant")
 
     # Sessions ----------------------------------------------------------
 
@@ -433,12 +455,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.check()
         values = new.values
         fixed = session_rules.template_fixed(request, values)
-        if request.WhichOneof("key") == "agent_pair":
-            target = session_db.agent_pair_target(namespace, values["agent_pair"])
-        else:
-            target = session_db.conversation_target(
-                namespace, values["agent"], values["channel"], values["external_conversation_id"]
-            )
+        target = _key_target(request, namespace, values)
 
         claim = self._claim(namespace, request)
 
@@ -533,6 +550,115 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             members=[convert.member_to_proto(r) for r in rows], next_page_token=token
         )
 
+    # Events ------------------------------------------------------------
+
+    async def _event(self, name: str) -> event_pb2.Event:
+        ref = names.parse_event(name)
+        return convert.event_to_proto(await event_db.get(self._db, ref.namespace, ref.session, ref.event))
+
+    def _session_key(
+        self, request: pb.AppendEventRequest, namespace: str, v: Violations
+    ) -> event_db.SessionKey | None:
+        """AppendEvent's session key as FindOrCreateSession takes it, or None (by name)."""
+        key = request.WhichOneof("session_key")
+        if key is None:
+            if request.HasField("session"):
+                v.add("session", "a template is only for a session_key (external_conversation or agent_pair)")
+            return None
+        find = pb.FindOrCreateSessionRequest(parent=request.parent, session=request.session)
+        getattr(find, key).CopyFrom(getattr(request, key))
+        template = session_rules.template_for_key(find, namespace, v)
+        _check_may_set_managed(template.managed, "session.managed")
+        new = session_rules.new_session(namespace, names.new_id(), template, "session", v, auto_created=True)
+        fixed = session_rules.template_fixed(find, new.values)
+        return event_db.SessionKey(_key_target(find, namespace, new.values), new.values, new.refs, fixed)
+
+    async def AppendEvent(self, request: pb.AppendEventRequest, context: Context) -> pb.AppendEventResponse:
+        v = Violations()
+        session: str | None = None
+        if request.WhichOneof("session_key") is None:
+            ref = v.name(names.parse_session, request.parent, "parent", names.SessionName("", ""))
+            namespace, session = ref.namespace, ref.session
+        else:
+            namespace = v.name(names.parse_namespace, request.parent, "parent", "")
+        v.id("event_id", request.event_id)
+        v.request_id("request_id", request.request_id)
+        if not request.HasField("event"):
+            v.add("event", "required")
+        event = request.event
+        event_rules.check_event(event, "event", v)
+        author, author_key = None, None
+        if request.HasField("author_key"):
+            if event.author:
+                v.add("event.author", "set event.author or author_key, not both")
+            author_key = event_db.AuthorKey(
+                self._participant_for_key(namespace, request.author_key, "author_key.", v)
+            )
+        elif event.author:
+            author = session_rules.participant_id(event.author, namespace, "event.author", v)
+        expected = request.expected_last_sequence if request.HasField("expected_last_sequence") else None
+        if expected is not None and expected < 0:
+            v.add("expected_last_sequence", f"must not be negative, got {expected}")
+        session_key = self._session_key(request, namespace, v)
+        v.check()
+        claim = self._claim(namespace, request)
+        plan = event_db.Append(
+            namespace=namespace,
+            session=session,
+            session_key=session_key,
+            author=author,
+            author_key=author_key,
+            event=event_rules.event_values(event, request.event_id, utcnow()),
+            expected_last_sequence=expected,
+            may_manage=_may_manage(),
+            claim=claim,
+        )
+
+        async def append() -> pb.AppendEventResponse:
+            done = await event_db.append(self._db, plan)
+            return pb.AppendEventResponse(
+                event=convert.event_to_proto(done.event),
+                session=convert.session_to_proto(done.session),
+                session_created=done.session_created,
+                author_created=done.author_created,
+            )
+
+        async def replay(name: str) -> pb.AppendEventResponse:
+            ref = names.parse_event(name)
+            assert claim is not None
+            flags = await event_db.also_created(self._db, claim)
+            return pb.AppendEventResponse(
+                event=await self._event(name),
+                session=await self._session(names.session_name(ref.namespace, ref.session)),
+                session_created="session_created" in flags,
+                author_created="author_created" in flags,
+            )
+
+        return await self._created(claim, append, replay)
+
+    async def GetEvent(self, request: pb.GetEventRequest, context: Context) -> event_pb2.Event:
+        return await self._event(request.name)
+
+    async def ListEvents(self, request: pb.ListEventsRequest, context: Context) -> pb.ListEventsResponse:
+        ref = names.parse_session(request.parent, "parent")
+        rows, token = await self._lister.events(ref.namespace, ref.session, request)
+        return pb.ListEventsResponse(events=[convert.event_to_proto(r) for r in rows], next_page_token=token)
+
+    async def DeleteEvent(self, request: pb.DeleteEventRequest, context: Context) -> empty_pb2.Empty:
+        ref = names.parse_event(request.name)
+        await event_db.delete_event(self._db, ref.namespace, ref.session, ref.event)
+        return empty_pb2.Empty()
+
+    async def PurgeEvents(self, request: pb.PurgeEventsRequest, context: Context) -> pb.PurgeEventsResponse:
+        v = Violations()
+        ref = v.name(names.parse_session, request.parent, "parent", names.SessionName("", ""))
+        if not request.filter:
+            v.add("filter", 'required; "*" matches every event')
+        v.check()
+        where = compile_filter(request.filter, EVENT_FILTER_FIELDS, namespace=ref.namespace)
+        count, sample = await event_db.purge(self._db, ref.namespace, ref.session, where, force=request.force)
+        return pb.PurgeEventsResponse(purge_count=count, purge_sample=sample)
+
     async def WatchSessions(
         self, request: pb.WatchSessionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchSessionsResponse]:
@@ -540,6 +666,17 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             "WatchSessions", "WatchSessions is not implemented yet (planned: a later issue)"
         )
         yield  # makes this an async generator, as a server-streaming handler must be
+
+
+def _key_target(
+    request: pb.FindOrCreateSessionRequest, namespace: str, values: dict[str, Any]
+) -> session_db.ConflictTarget:
+    """The live unique key a FindOrCreateSession request finds its session by."""
+    if request.WhichOneof("key") == "agent_pair":
+        return session_db.agent_pair_target(namespace, values["agent_pair"])
+    return session_db.conversation_target(
+        namespace, values["agent"], values["channel"], values["external_conversation_id"]
+    )
 
 
 def build_servicer(db: Database, settings: Any) -> SessionService:

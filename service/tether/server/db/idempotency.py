@@ -58,8 +58,9 @@ class Claim:
     now: datetime
     expire_time: datetime
 
-    def row(self, resource: str) -> dict[str, Any]:
+    def row(self, resource: str, also_created: str | None = None) -> dict[str, Any]:
         return {
+            "also_created": also_created or None,
             "namespace": self.scope,
             "request_id": self.request_id,
             "method": self.method,
@@ -70,10 +71,14 @@ class Claim:
         }
 
 
-def claim_cte(source: str, first: int) -> str:
+def claim_cte(source: str, first: int, *, resource_sql: str | None = None) -> str:
     """SQL (PostgreSQL) of a CTE `claimed` that inserts the claim for the row of CTE
-    `source`, from parameters $first .. $first+5 (`claim_args`); none when the first is NULL."""
+    `source`, from parameters $first .. $first+5 (`claim_args`); none when the first is NULL.
+    `resource_sql`: the created resource's name as an expression over `source`, used when
+    the resource parameter is NULL (a name known only once the statement runs)."""
     rid, method, print_, resource, now, expire = (f"${i}" for i in range(first, first + 6))
+    if resource_sql is not None:
+        resource = f"COALESCE({resource}::text, {resource_sql})"
     return (
         "claimed AS (INSERT INTO idempotency (namespace, request_id, method, fingerprint, resource, "
         f"create_time, expire_time) SELECT {source}.namespace, {rid}::varchar, {method}::varchar, "
@@ -82,7 +87,7 @@ def claim_cte(source: str, first: int) -> str:
     )
 
 
-def claim_args(claim: Claim | None, resource: str) -> list[Any]:
+def claim_args(claim: Claim | None, resource: str | None) -> list[Any]:
     """The parameters of `claim_cte`."""
     if claim is None:
         return [None] * 6
@@ -161,16 +166,14 @@ def conflict(claim: Claim) -> errors.ApiError:
     )
 
 
-_CLAIM_VALUES = ("method", "fingerprint", "resource", "create_time", "expire_time")
-
-
 def _claim_upsert(dialect_insert: Any) -> Any:
     """INSERT the claim; take over an expired one (not yet swept); else no row back."""
     insert = dialect_insert(idempotency)
     return insert.on_conflict_do_update(
         index_elements=[idempotency.c.namespace, idempotency.c.request_id],
         set_={
-            k: insert.excluded[k] for k in ("method", "fingerprint", "resource", "create_time", "expire_time")
+            k: insert.excluded[k]
+            for k in ("method", "fingerprint", "resource", "also_created", "create_time", "expire_time")
         },
         where=idempotency.c.expire_time <= bindparam("c_now", type_=UTCDateTime()),
     ).returning(idempotency.c.request_id)
@@ -179,13 +182,14 @@ def _claim_upsert(dialect_insert: Any) -> Any:
 _CLAIM_UPSERT = {"sqlite": _claim_upsert(sqlite.insert), "postgresql": _claim_upsert(postgresql.insert)}
 
 
-def record(conn: Connection, claim: Claim | None, resource: str) -> None:
+def record(conn: Connection, claim: Claim | None, resource: str, *, also_created: str | None = None) -> None:
     """Claim the request id for `resource` in `conn`'s transaction. Taken already:
     Replayed or REQUEST_ID_CONFLICT (the caller's transaction then rolls back, its
-    effect with it). An expired claim the sweeper has not purged yet is taken over."""
+    effect with it). An expired claim the sweeper has not purged yet is taken over.
+    `also_created`: what else the call created (comma-separated response flags)."""
     if claim is None:
         return
-    params = {**claim.row(resource), "c_now": claim.now}
+    params = {**claim.row(resource, also_created), "c_now": claim.now}
     if conn.execute(_CLAIM_UPSERT[conn.dialect.name], params).first() is None:
         raise_if_taken(conn, claim)
 
@@ -196,6 +200,13 @@ def taken(conn: Connection, claim: Claim) -> str | None:
     stmt = select(*CLAIM_COLUMNS).where(CLAIM_JOIN_ON)
     row = conn.execute(stmt, claim_params(claim.scope, claim)).mappings().first()
     return None if row is None else claimed_by(claim, row)
+
+
+def also_created(conn: Connection, claim: Claim) -> str | None:
+    """The `also_created` flags recorded with an unexpired claim (None when there are none)."""
+    stmt = select(idempotency.c.also_created).where(CLAIM_JOIN_ON)
+    flags: str | None = conn.execute(stmt, claim_params(claim.scope, claim)).scalar()
+    return flags
 
 
 def raise_if_taken(conn: Connection, claim: Claim | None) -> None:

@@ -203,14 +203,14 @@ async def find_or_create(
             raise errors.ApiError(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
         return _found(found, claim)
     try:
-        return await db.write(_create_or_find_in, values, claim)
+        return await db.write(create_or_find_in, values, claim)
     except IntegrityError as exc:
         if constraint_kind(exc) == "foreign_key":
             raise errors.not_found(Resource.NAMESPACE, names.namespace_name(values["namespace"])) from None
         raise
 
 
-def _create_or_find_in(
+def create_or_find_in(
     conn: Connection, values: dict[str, Any], claim: idempotency_db.Claim | None
 ) -> tuple[Row, bool]:
     insert = (

@@ -432,22 +432,22 @@ async def find_or_create(
         return await _create_or_find(db, target, values, refs, claim, fixed)
     for _ in range(3):
         try:
-            return await db.write(_find_or_create_in, target, values, refs, claim, fixed, undelete_if_deleted)
+            return await db.write(find_or_create_in, target, values, refs, claim, fixed, undelete_if_deleted)
         except IntegrityError as exc:
             # A concurrent caller created the live session while we restored an
             # old one; the next round finds theirs.
             if constraint_kind(exc) != "unique":
                 raise
-        except _NeitherFoundNorCreatedError:
+        except NeitherFoundNorCreatedError:
             pass
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
-class _NeitherFoundNorCreatedError(Exception):
+class NeitherFoundNorCreatedError(Exception):
     """Neither found nor created (a concurrent change in between): try again."""
 
 
-def _find_or_create_in(
+def find_or_create_in(
     conn: Connection,
     target: ConflictTarget,
     values: dict[str, Any],
@@ -480,7 +480,7 @@ def _find_or_create_in(
         return created, True
     found = _lookup(conn, target, claim)
     if found is None:
-        raise _NeitherFoundNorCreatedError
+        raise NeitherFoundNorCreatedError
     return _found(found, claim, fixed)
 
 
@@ -581,7 +581,7 @@ async def record_activity(db: Database, namespace: str, session: str, when: date
         row = await db.write(_record_activity_in, namespace, session, when)
     if row is None:
         # Why not: missing, deleted or disabled (if it changed since, the caller retries).
-        _raise_not_live(await get(db, namespace, session))
+        raise_not_live(await get(db, namespace, session))
         raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
     return row
 
@@ -638,9 +638,9 @@ def _explain_refused_update(
     """Why the conditional UPDATE matched no row (it exists: `current`)."""
     condition.check(_name(current["namespace"], current["session"]), current)
     if current["delete_time"] is not None:
-        raise _deleted(current)
+        raise deleted_error(current)
     if not current["enabled"] and values.get("enabled") is not True:
-        _raise_not_live(current)
+        raise_not_live(current)
     bad = _immutable_changes(current, unchanged)
     if bad:
         raise errors.invalid_argument(bad, reason=Reason.IMMUTABLE_FIELD)
@@ -681,7 +681,7 @@ async def soft_delete(db: Database, namespace: str, session: str, condition: Wri
         if row is None:
             current = await get_in(conn, namespace, session)
             condition.check(_name(namespace, session), current)
-            raise _deleted(current)
+            raise deleted_error(current)
     assert row is not None
     return row
 
@@ -787,13 +787,13 @@ async def get_in(conn: AsyncConnection, namespace: str, session: str, *, lock: b
 async def live_session(conn: AsyncConnection, namespace: str, session: str) -> Row:
     """The session, which must be neither deleted nor disabled."""
     row = await get_in(conn, namespace, session)
-    _raise_not_live(row)
+    raise_not_live(row)
     return row
 
 
-def _raise_not_live(row: Row) -> None:
+def raise_not_live(row: Row) -> None:
     if row["delete_time"] is not None:
-        raise _deleted(row)
+        raise deleted_error(row)
     if not row["enabled"]:
         name = _name(row["namespace"], row["session"])
         raise errors.ApiError(
@@ -801,7 +801,7 @@ def _raise_not_live(row: Row) -> None:
         )
 
 
-def _deleted(row: Row) -> errors.ApiError:
+def deleted_error(row: Row) -> errors.ApiError:
     name = _name(row["namespace"], row["session"])
     return errors.ApiError(
         Reason.SESSION_DELETED, f"session {name!r} is deleted", metadata={"resource_name": name}

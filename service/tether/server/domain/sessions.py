@@ -64,6 +64,7 @@ RULES = masks.FieldRules(
             "purge_time",
             "member_count",
             "etag",
+            "event_count",
         }
     ),
 )

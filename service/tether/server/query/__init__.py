@@ -18,6 +18,7 @@ ListSessions, for example::
 """
 
 from tether.server.query.filter import (
+    EVENT_FILTER_FIELDS,
     PARTICIPANT_FILTER_FIELDS,
     SESSION_FILTER_FIELDS,
     FieldKind,
@@ -25,6 +26,7 @@ from tether.server.query.filter import (
     compile_filter,
 )
 from tether.server.query.ordering import (
+    EVENT_ORDER_FIELDS,
     PARTICIPANT_ORDER_FIELDS,
     SESSION_ORDER_FIELDS,
     OrderFields,
@@ -35,6 +37,8 @@ from tether.server.query.ordering import (
 from tether.server.query.pagination import PageRequest, next_page, page_request, paginate
 
 __all__ = [
+    "EVENT_FILTER_FIELDS",
+    "EVENT_ORDER_FIELDS",
     "PARTICIPANT_FILTER_FIELDS",
     "PARTICIPANT_ORDER_FIELDS",
     "SESSION_FILTER_FIELDS",

@@ -19,7 +19,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from sqlalchemy import Column, ColumnElement, and_, exists, false, literal, not_, or_, true
 
-from tether.server.db.schema import members, participants, sessions
+from tether.server.db.schema import events, members, participants, sessions
 from tether.server.errors import ApiError, Reason, bad_field
 from tether.server.names import parse_participant
 from tether.v1 import participant_pb2, session_pb2
@@ -77,6 +77,7 @@ class FieldKind(enum.Enum):
     ENUM = "enum"
     BOOL = "bool"
     TIMESTAMP = "timestamp"
+    INTEGER = "integer"  # an int64, e.g. an event's sequence
     PARTICIPANT = "participant"  # value: a participant name; column: the participant id
     LABELS = "labels"  # `labels.<key> = "v"`, `labels.<key>:*`, `labels:<key>`
     MEMBER = "member"  # value: a participant name; column: the session id
@@ -117,6 +118,7 @@ _OPERATORS: Mapping[FieldKind, frozenset[str]] = {
     FieldKind.ENUM: _EQUALITY_OPS,
     FieldKind.BOOL: _EQUALITY_OPS,
     FieldKind.TIMESTAMP: _ORDERED_OPS,
+    FieldKind.INTEGER: _ORDERED_OPS,
     FieldKind.PARTICIPANT: _EQUALITY_OPS,
     FieldKind.LABELS: _EQUALITY_OPS | {":"},
     FieldKind.MEMBER: _EQUALITY_OPS | {":"},
@@ -165,6 +167,19 @@ PARTICIPANT_FILTER_FIELDS: Mapping[str, FilterField] = {
     "labels": FilterField(FieldKind.LABELS, participants.c.labels),
     "create_time": FilterField(FieldKind.TIMESTAMP, participants.c.create_time),
 }
+
+
+EVENT_FILTER_FIELDS: Mapping[str, FilterField] = {
+    "author": FilterField(FieldKind.PARTICIPANT, events.c.author),
+    "invocation_id": FilterField(FieldKind.STRING, events.c.invocation_id),
+    "branch": FilterField(FieldKind.STRING, events.c.branch),
+    "event_time": FilterField(FieldKind.TIMESTAMP, events.c.event_time),
+    "create_time": FilterField(FieldKind.TIMESTAMP, events.c.create_time),
+    "sequence": FilterField(FieldKind.INTEGER, events.c.sequence),
+    "labels": FilterField(FieldKind.LABELS, events.c.labels),
+}
+
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def compile_filter(
@@ -296,6 +311,17 @@ def _timestamp(r: _Restriction) -> ColumnElement[bool]:
     return _compare(r.field.column, r.op, value, nullable=False)
 
 
+def _integer(r: _Restriction) -> ColumnElement[bool]:
+    try:
+        value = int(r.value.text, 10)
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(r.value.text)
+    except ValueError:
+        message = f"{r.name} must be an integer, got {_shorten(r.value.text)!r}"
+        raise _error(message, r.value.position) from None
+    return _compare(r.field.column, r.op, value, nullable=False)
+
+
 def _participant_id(r: _Restriction) -> str | None:
     """The participant id of the value, or None when it names another namespace."""
     try:
@@ -352,6 +378,7 @@ _COMPILERS: Mapping[FieldKind, Callable[[_Restriction], ColumnElement[bool]]] = 
     FieldKind.ENUM: _enum,
     FieldKind.BOOL: _bool,
     FieldKind.TIMESTAMP: _timestamp,
+    FieldKind.INTEGER: _integer,
     FieldKind.PARTICIPANT: _participant,
     FieldKind.MEMBER: _member,
     FieldKind.LABELS: _labels,

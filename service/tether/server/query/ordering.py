@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Column
 
-from tether.server.db.schema import participants, sessions
+from tether.server.db.schema import events, participants, sessions
 from tether.server.errors import ApiError, Reason, bad_field
 
 MAX_ORDER_BY_LENGTH = 512
@@ -65,11 +65,17 @@ PARTICIPANT_ORDER_FIELDS = OrderFields(
 )
 
 
+# Within one session `sequence` is unique: it is its own tie-breaker.
+EVENT_ORDER_FIELDS = OrderFields(
+    columns={"sequence": events.c.sequence}, tiebreaker=events.c.sequence, default="sequence asc"
+)
+
+
 def parse_order_by(text: str, fields: OrderFields) -> Ordering:
     """Parse `order_by` (empty means the default) or raise INVALID_ORDER_BY.
 
-    The tie-breaker is appended in the direction of the last key, so the order
-    is total and one index serves it.
+    The tie-breaker is appended in the direction of the last key (unless it is that
+    key), so the order is total and one index serves it.
     """
     if len(text) > MAX_ORDER_BY_LENGTH:
         raise _error(f"longer than {MAX_ORDER_BY_LENGTH} characters")
@@ -79,7 +85,8 @@ def parse_order_by(text: str, fields: OrderFields) -> Ordering:
         if names.count(name) > 1:
             raise _error(f"duplicate key {name!r}")
     keys = [OrderKey(fields.columns[name], descending) for name, descending in parsed]
-    keys.append(OrderKey(fields.tiebreaker, keys[-1].descending))
+    if keys[-1].column is not fields.tiebreaker:
+        keys.append(OrderKey(fields.tiebreaker, keys[-1].descending))
     canonical = ", ".join(f"{name} {'desc' if descending else 'asc'}" for name, descending in parsed)
     return Ordering(tuple(keys), canonical)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
-from sqlalchemy import ColumnElement, DateTime, Select, TypeDecorator, and_, or_
+from sqlalchemy import ColumnElement, DateTime, Integer, Select, TypeDecorator, and_, or_
 
 from tether.server.errors import ApiError, Reason, bad_field
 from tether.server.query.ordering import Ordering, OrderKey
@@ -25,7 +25,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_LENGTH = 4096
 
-CursorValue = str | datetime
+CursorValue = str | int | datetime
 
 
 class RowLike(Protocol):
@@ -104,7 +104,9 @@ def _fingerprint(binding: Sequence[str], values: Sequence[str]) -> str:
 
 def _encode(row_values: Sequence[CursorValue], page: PageRequest) -> str:
     values = [
-        value.astimezone(UTC).isoformat(timespec="microseconds") if isinstance(value, datetime) else value
+        value.astimezone(UTC).isoformat(timespec="microseconds")
+        if isinstance(value, datetime)
+        else str(value)
         for value in row_values
     ]
     payload = {"v": values, "f": _fingerprint(page.binding, values)}
@@ -155,7 +157,19 @@ def _is_timestamp(key: OrderKey) -> bool:
     return isinstance(column_type, DateTime)
 
 
+def _is_integer(key: OrderKey) -> bool:
+    return isinstance(key.column.type, Integer)  # BigInteger is an Integer
+
+
 def _cursor_value(key: OrderKey, value: str) -> CursorValue:
+    if _is_integer(key):
+        try:
+            number = int(value, 10)
+        except ValueError:
+            raise _invalid_token() from None
+        if not -(2**63) <= number < 2**63:  # a forged token: keep it out of SQL
+            raise _invalid_token()
+        return number
     if not _is_timestamp(key):
         return value
     try:
