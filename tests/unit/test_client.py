@@ -7,8 +7,10 @@ that implements only what a test needs.
 
 from __future__ import annotations
 
+import inspect
 import json
 import queue
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -313,6 +315,25 @@ UNARY_CASES: list[tuple[str, Callable[[Any], Any], Message]] = [
 def test_unary_cases_cover_every_unary_rpc() -> None:
     unary = {m.name for m in SERVICE.methods if not m.server_streaming}
     assert sorted(name for name, _, _ in UNARY_CASES) == sorted(unary)
+
+
+def _public_methods(client_class: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(getattr(client_class, name))
+        for name in dir(client_class)
+        if not name.startswith("_")
+    }
+
+
+def test_both_clients_have_a_method_per_rpc_with_the_same_parameters() -> None:
+    blocking, asyncio_ = _public_methods(SessionsClient), _public_methods(AsyncSessionsClient)
+    rpcs = {re.sub(r"(?<!^)(?=[A-Z])", "_", m.name).lower() for m in SERVICE.methods}
+    assert rpcs <= set(blocking)
+    assert sorted(blocking) == sorted(asyncio_)
+    for name, signature in blocking.items():
+        skip = 1 if name == "from_channel" else 0  # its channel: a grpc.Channel or a grpc.aio.Channel
+        parameters = list(signature.parameters.values())[skip:]
+        assert list(asyncio_[name].parameters.values())[skip:] == parameters, name
 
 
 class FakeServer:
