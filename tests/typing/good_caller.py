@@ -7,12 +7,17 @@ import asyncio
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf import struct_pb2
 
 from tether.client import (
+    AbortedError,
     AgentPair,
     AlreadyExistsError,
+    AppendEventResponse,
     AsyncSessionsClient,
+    AuthorKey,
     ChangeType,
+    Event,
     ExternalConversation,
     FailedPreconditionError,
     FieldViolation,
@@ -86,6 +91,37 @@ def direct_sessions(client: SessionsClient) -> list[str]:
     sessions = client.list_sessions(parent="namespaces/default", filter='kind = "DIRECT"', page_size=50)
     page = client.list_sessions_page(parent="namespaces/default", page_size=1)
     return [session.name for session in sessions] + [page.next_page_token]
+
+
+def incoming_message(client: SessionsClient, agent: str, user_id: str, text: str) -> int:
+    content = struct_pb2.Struct()
+    content.update({"role": "user", "text": text})
+    try:
+        appended: AppendEventResponse = client.append_event(
+            parent="namespaces/default",
+            external_conversation=ExternalConversation(agent=agent, channel="slack", conversation_id="C042"),
+            session=Session(kind=Session.KIND_GROUP, group_name="ops"),
+            author_key=AuthorKey(kind=Participant.KIND_USER, external_id=user_id),
+            event=Event(content=content, invocation_id="turn-1"),
+            expected_last_sequence=0,
+        )
+    except AbortedError:
+        return -1
+    sequence: int = appended.event.sequence
+    print(appended.session_created, appended.author_created, appended.session.event_count)
+    name = appended.session.name
+    last: list[Event] = list(client.list_events(parent=name, page_size=20, newest_first=True))
+    page = client.list_events_page(parent=name, filter=f"sequence > {sequence}")
+    purged = client.purge_events(parent=name, filter="*")
+    client.delete_event(name=appended.event.name)
+    return len(last) + len(page.events) + purged.purge_count
+
+
+async def reply(client: AsyncSessionsClient, session: str, agent: str) -> list[str]:
+    appended = await client.append_event(parent=session, event=Event(author=agent, branch="root.planner"))
+    event: Event = await client.get_event(name=appended.event.name)
+    print(event.create_time.ToDatetime(), event.labels.get("lang", ""))
+    return [e.author async for e in client.list_events(parent=session, filter=f'author = "{agent}"')]
 
 
 async def pair_agents(client: AsyncSessionsClient, first: str, second: str) -> str:

@@ -7,8 +7,10 @@ that implements only what a test needs.
 
 from __future__ import annotations
 
+import inspect
 import json
 import queue
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +31,8 @@ from tether.client import (
     AbortedError,
     AgentPair,
     AsyncSessionsClient,
+    AuthorKey,
+    Event,
     ExternalConversation,
     FieldViolation,
     InvalidArgumentError,
@@ -53,6 +57,7 @@ TOKEN = "s3cret"
 AUTHORIZATION = ("authorization", f"Bearer {TOKEN}")
 PARENT = "namespaces/default"
 SESSION = f"{PARENT}/sessions/s1"
+EVENT = f"{SESSION}/events/e1"
 WAIT = 10.0  # seconds a worker may take before the test fails instead of hanging
 
 
@@ -269,12 +274,66 @@ UNARY_CASES: list[tuple[str, Callable[[Any], Any], Message]] = [
         lambda c: c.list_members_page(parent=SESSION, page_size=3, page_token="t"),
         pb.ListMembersRequest(parent=SESSION, page_size=3, page_token="t"),
     ),
+    (
+        "AppendEvent",
+        lambda c: c.append_event(
+            parent=PARENT,
+            event=Event(invocation_id="i1", branch="root"),
+            event_id="e1",
+            external_conversation=ExternalConversation(agent="a", channel="slack", conversation_id="C1"),
+            session=Session(kind=Session.KIND_GROUP),
+            author_key=AuthorKey(kind=Participant.KIND_USER, external_id="u1"),
+            expected_last_sequence=7,
+            request_id="r",
+        ),
+        pb.AppendEventRequest(
+            parent=PARENT,
+            event=Event(invocation_id="i1", branch="root"),
+            event_id="e1",
+            external_conversation=ExternalConversation(agent="a", channel="slack", conversation_id="C1"),
+            session=Session(kind=Session.KIND_GROUP),
+            author_key=AuthorKey(kind=Participant.KIND_USER, external_id="u1"),
+            expected_last_sequence=7,
+            request_id="r",
+        ),
+    ),
+    ("GetEvent", lambda c: c.get_event(name=EVENT), pb.GetEventRequest(name=EVENT)),
+    (
+        "ListEvents",
+        lambda c: c.list_events_page(parent=SESSION, filter="f", order_by="o", page_size=3, page_token="t"),
+        pb.ListEventsRequest(parent=SESSION, filter="f", order_by="o", page_size=3, page_token="t"),
+    ),
+    ("DeleteEvent", lambda c: c.delete_event(name=EVENT), pb.DeleteEventRequest(name=EVENT)),
+    (
+        "PurgeEvents",
+        lambda c: c.purge_events(parent=SESSION, filter="*", force=True),
+        pb.PurgeEventsRequest(parent=SESSION, filter="*", force=True),
+    ),
 ]
 
 
 def test_unary_cases_cover_every_unary_rpc() -> None:
     unary = {m.name for m in SERVICE.methods if not m.server_streaming}
     assert sorted(name for name, _, _ in UNARY_CASES) == sorted(unary)
+
+
+def _public_methods(client_class: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(getattr(client_class, name))
+        for name in dir(client_class)
+        if not name.startswith("_")
+    }
+
+
+def test_both_clients_have_a_method_per_rpc_with_the_same_parameters() -> None:
+    blocking, asyncio_ = _public_methods(SessionsClient), _public_methods(AsyncSessionsClient)
+    rpcs = {re.sub(r"(?<!^)(?=[A-Z])", "_", m.name).lower() for m in SERVICE.methods}
+    assert rpcs <= set(blocking)
+    assert sorted(blocking) == sorted(asyncio_)
+    for name, signature in blocking.items():
+        skip = 1 if name == "from_channel" else 0  # its channel: a grpc.Channel or a grpc.aio.Channel
+        parameters = list(signature.parameters.values())[skip:]
+        assert list(asyncio_[name].parameters.values())[skip:] == parameters, name
 
 
 class FakeServer:
@@ -397,6 +456,55 @@ def test_find_or_create_session_takes_exactly_one_key(fake: FakeServer) -> None:
         fake.client.find_or_create_session(parent=PARENT, external_conversation=key, agent_pair=pair)
     with pytest.raises(ValueError, match="exactly one"):
         fake.client.find_or_create_session(parent=PARENT)
+
+
+def test_append_event_to_a_named_session_or_by_key(fake: FakeServer) -> None:
+    response = pb.AppendEventResponse(event=Event(name=EVENT, sequence=1), session_created=True)
+    request, result = fake.call(
+        lambda c: c.append_event(parent=SESSION, event=Event(author="p")), "AppendEvent", response
+    )
+    assert request.WhichOneof("session_key") is None
+    assert uuid.UUID(request.request_id).version == 4
+    # Unset means "don't check"; 0 means "only before the first event".
+    assert not request.HasField("expected_last_sequence")
+    assert (result.event.sequence, result.session_created) == (1, True)
+    request, _ = fake.call(
+        lambda c: c.append_event(parent=SESSION, expected_last_sequence=0, request_id="mine"), "AppendEvent"
+    )
+    assert request.HasField("expected_last_sequence")
+    assert request.expected_last_sequence == 0
+    assert request.request_id == "mine"
+    pair = AgentPair(agent="a", peer_agent="b")
+    request, _ = fake.call(lambda c: c.append_event(parent=PARENT, agent_pair=pair), "AppendEvent")
+    assert request.WhichOneof("session_key") == "agent_pair"
+    key = ExternalConversation(agent="a", channel="slack", conversation_id="C1")
+    with pytest.raises(ValueError, match="at most one"):
+        fake.client.append_event(parent=PARENT, external_conversation=key, agent_pair=pair)
+
+
+def test_list_events_newest_first(fake: FakeServer) -> None:
+    events = fake.client.list_events(parent=SESSION, page_size=2, newest_first=True)
+    future = fake.start(lambda _: [e.sequence for e in events])
+    pages = [([5, 4], "t1"), ([3], "")]
+    requests = [
+        fake.answer(
+            "ListEvents",
+            pb.ListEventsResponse(events=[Event(sequence=n) for n in sequences], next_page_token=token),
+        )
+        for sequences, token in pages
+    ]
+    assert future.result(WAIT) == [5, 4, 3]
+    assert [(r.page_token, r.order_by, r.page_size) for r in requests] == [
+        ("", "sequence desc", 2),
+        ("t1", "sequence desc", 2),
+    ]
+    request, _ = fake.call(lambda c: c.list_events_page(parent=SESSION, newest_first=True), "ListEvents")
+    assert request.order_by == "sequence desc"
+    # Refused when asked, before any call, not when the iterator first fetches.
+    with pytest.raises(ValueError, match="not both"):
+        fake.client.list_events(parent=SESSION, order_by="sequence", newest_first=True)
+    with pytest.raises(ValueError, match="not both"):
+        fake.client.list_events_page(parent=SESSION, order_by="sequence", newest_first=True)
 
 
 def test_list_follows_page_tokens_lazily(fake: FakeServer) -> None:
@@ -547,7 +655,9 @@ def test_channel_options_carry_the_retry_policy() -> None:
     names = {entry["method"] for entry in repeatable["name"]}
     assert {"GetSession", "ListSessions", "RecordActivity", "CreateSession", "FindOrCreateSession"} <= names
     assert {"AddMember", "CreateParticipant", "FindOrCreateParticipant", "CreateNamespace"} <= names
+    assert {"AppendEvent", "GetEvent", "ListEvents"} <= names
     not_repeatable = {"UpdateSession", "DeleteSession", "UndeleteSession", "RemoveMember", "PurgeSessions"}
+    not_repeatable |= {"DeleteEvent", "PurgeEvents"}
     assert names.isdisjoint(not_repeatable | {"WatchSessions"})
     assert dict(_common.channel_options(retry=False, extra=())) == {"grpc.enable_retries": 0}
     overridden = dict(_common.channel_options(retry=True, extra=[("grpc.service_config", "{}")]))
@@ -707,3 +817,29 @@ async def test_async_list_follows_page_tokens() -> None:
     ):
         members = [m.participant async for m in client.list_members(parent=SESSION, page_size=1)]
     assert members == ["p0", "p1", "p2"]
+
+
+async def test_async_list_events_newest_first() -> None:
+    requests: list[pb.ListEventsRequest] = []
+
+    async def list_events(request: pb.ListEventsRequest, context: Context) -> pb.ListEventsResponse:
+        requests.append(request)
+        index = int(request.page_token or "0")
+        next_token = str(index + 1) if index < 1 else ""
+        return pb.ListEventsResponse(events=[Event(sequence=9 - index)], next_page_token=next_token)
+
+    async with (
+        serving({"ListEvents": unary("ListEvents", list_events)}) as target,
+        AsyncSessionsClient(target) as client,
+    ):
+        with pytest.raises(ValueError, match="not both"):
+            client.list_events(parent=SESSION, order_by="sequence", newest_first=True)
+        sequences = [e.sequence async for e in client.list_events(parent=SESSION, newest_first=True)]
+        with pytest.raises(ValueError, match="at most one"):
+            await client.append_event(
+                parent=PARENT,
+                external_conversation=ExternalConversation(agent="a"),
+                agent_pair=AgentPair(agent="a", peer_agent="b"),
+            )
+    assert sequences == [9, 8]
+    assert [(r.page_token, r.order_by) for r in requests] == [("", "sequence desc"), ("1", "sequence desc")]

@@ -33,18 +33,23 @@ from tether.client.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from tether.v1.event_pb2 import Event
 from tether.v1.namespace_pb2 import Namespace
 from tether.v1.participant_pb2 import Participant
 from tether.v1.session_pb2 import Member, Session
 from tether.v1.session_service_pb2 import (
+    AppendEventRequest,
+    AppendEventResponse,
     BatchGetSessionsResponse,
     FindOrCreateParticipantResponse,
     FindOrCreateSessionRequest,
     FindOrCreateSessionResponse,
+    ListEventsResponse,
     ListMembersResponse,
     ListNamespacesResponse,
     ListParticipantsResponse,
     ListSessionsResponse,
+    PurgeEventsResponse,
     PurgeSessionsResponse,
     WatchSessionsResponse,
 )
@@ -53,6 +58,8 @@ ExternalConversation = FindOrCreateSessionRequest.ExternalConversation
 """The `external_conversation=` key of `find_or_create_session`: agent, channel, conversation id."""
 AgentPair = FindOrCreateSessionRequest.AgentPair
 """The `agent_pair=` key of `find_or_create_session`: two agents, in either order."""
+AuthorKey = AppendEventRequest.AuthorKey
+"""The `author_key=` of `append_event`: the author found or created by kind and external id."""
 ChangeType = WatchSessionsResponse.ChangeType
 """What a `WatchSessionsResponse` reports: CHANGE_TYPE_CREATED, ..._UPDATED, and so on."""
 
@@ -60,11 +67,15 @@ __all__ = [
     "AbortedError",
     "AgentPair",
     "AlreadyExistsError",
+    "AppendEventRequest",
+    "AppendEventResponse",
     "AsyncSessionsClient",
+    "AuthorKey",
     "BatchGetSessionsResponse",
     "ChangeType",
     "ChannelOptions",
     "DeadlineExceededError",
+    "Event",
     "ExternalConversation",
     "FailedPreconditionError",
     "FieldMaskLike",
@@ -74,6 +85,7 @@ __all__ = [
     "FindOrCreateSessionResponse",
     "InternalError",
     "InvalidArgumentError",
+    "ListEventsResponse",
     "ListMembersResponse",
     "ListNamespacesResponse",
     "ListParticipantsResponse",
@@ -85,6 +97,7 @@ __all__ = [
     "OutOfRangeError",
     "Participant",
     "PermissionDeniedError",
+    "PurgeEventsResponse",
     "PurgeSessionsResponse",
     "Reason",
     "ResourceExhaustedError",

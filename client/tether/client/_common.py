@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from tether.client.errors import from_rpc_error
-from tether.v1 import session_pb2, session_service_pb2
+from tether.v1 import event_pb2, session_pb2, session_service_pb2
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -207,6 +207,47 @@ def find_or_create_session_request(
         undelete_if_deleted=undelete_if_deleted,
         request_id=new_request_id(request_id),
     )
+
+
+def append_event_request(
+    *,
+    parent: str,
+    event: event_pb2.Event | None,
+    event_id: str,
+    external_conversation: session_service_pb2.FindOrCreateSessionRequest.ExternalConversation | None,
+    agent_pair: session_service_pb2.FindOrCreateSessionRequest.AgentPair | None,
+    session: session_pb2.Session | None,
+    author_key: session_service_pb2.AppendEventRequest.AuthorKey | None,
+    expected_last_sequence: int | None,
+    request_id: str,
+) -> session_service_pb2.AppendEventRequest:
+    """The request, with at most one key of the `session_key` oneof set (none: `parent`
+    names the session) and `expected_last_sequence` present only when given."""
+    if external_conversation is not None and agent_pair is not None:
+        raise ValueError("pass at most one of external_conversation= or agent_pair=")
+    request = session_service_pb2.AppendEventRequest(
+        parent=parent,
+        external_conversation=external_conversation,
+        agent_pair=agent_pair,
+        session=session,
+        event_id=event_id,
+        event=event,
+        author_key=author_key,
+        request_id=new_request_id(request_id),
+    )
+    if expected_last_sequence is not None:
+        # A proto3 optional: 0 ("no event yet") differs from unset ("don't check").
+        request.expected_last_sequence = expected_last_sequence
+    return request
+
+
+def events_order_by(*, order_by: str, newest_first: bool) -> str:
+    """ListEvents' `order_by`: the caller's, or `sequence desc` for `newest_first`."""
+    if not newest_first:
+        return order_by
+    if order_by:
+        raise ValueError("pass newest_first=True or order_by=, not both")
+    return "sequence desc"
 
 
 class WatchResumer:

@@ -22,8 +22,10 @@ from tether.client._common import (
     ResponseT,
     TimestampLike,
     WatchResumer,
+    append_event_request,
     channel_credentials,
     channel_options,
+    events_order_by,
     find_or_create_session_request,
     new_request_id,
     to_field_mask,
@@ -32,6 +34,7 @@ from tether.client._common import (
 from tether.client.errors import from_rpc_error
 from tether.v1 import session_service_pb2 as pb
 from tether.v1 import session_service_pb2_grpc
+from tether.v1.event_pb2 import Event
 from tether.v1.namespace_pb2 import Namespace
 from tether.v1.participant_pb2 import Participant
 from tether.v1.session_pb2 import Member, Session
@@ -556,6 +559,121 @@ class SessionsClient:
         """One page of `list_members`."""
         request = pb.ListMembersRequest(parent=parent, page_size=page_size, page_token=page_token)
         return self._call(self._stub.ListMembers, request, timeout, metadata)
+
+    # Events
+
+    def append_event(
+        self,
+        *,
+        parent: str,
+        event: Event | None = None,
+        event_id: str = "",
+        external_conversation: pb.FindOrCreateSessionRequest.ExternalConversation | None = None,
+        agent_pair: pb.FindOrCreateSessionRequest.AgentPair | None = None,
+        session: Session | None = None,
+        author_key: pb.AppendEventRequest.AuthorKey | None = None,
+        expected_last_sequence: int | None = None,
+        request_id: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.AppendEventResponse:
+        """Append `event` to a session's log: the chat hot path, one call per message.
+
+        The session is `parent` (a session name), or, given one key
+        (`external_conversation` or `agent_pair`), the one found or created in the
+        namespace `parent` as `find_or_create_session` does, from the `session` template.
+        The author is `event.author`, or found or created by `author_key`; neither: a
+        system event. With `expected_last_sequence`, the append is refused (ABORTED)
+        unless that is the session's last sequence (0: no event yet).
+        """
+        request = append_event_request(
+            parent=parent,
+            event=event,
+            event_id=event_id,
+            external_conversation=external_conversation,
+            agent_pair=agent_pair,
+            session=session,
+            author_key=author_key,
+            expected_last_sequence=expected_last_sequence,
+            request_id=request_id,
+        )
+        return self._call(self._stub.AppendEvent, request, timeout, metadata)
+
+    def get_event(
+        self, *, name: str, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> Event:
+        """Get an event, also one of a soft-deleted session."""
+        return self._call(self._stub.GetEvent, pb.GetEventRequest(name=name), timeout, metadata)
+
+    def list_events(
+        self,
+        *,
+        parent: str,
+        filter: str = "",
+        order_by: str = "",
+        page_size: int = 0,
+        newest_first: bool = False,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Iterator[Event]:
+        """Iterate over a session's events (AIP-160 `filter`) by `sequence`, oldest first,
+        or newest first with `newest_first` (`order_by="sequence desc"`), fetching pages
+        lazily."""
+        order_by = events_order_by(order_by=order_by, newest_first=newest_first)
+        return _follow_pages(
+            lambda token: self.list_events_page(
+                parent=parent,
+                filter=filter,
+                order_by=order_by,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
+                metadata=metadata,
+            ),
+            lambda page: page.events,
+        )
+
+    def list_events_page(
+        self,
+        *,
+        parent: str,
+        filter: str = "",
+        order_by: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        newest_first: bool = False,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.ListEventsResponse:
+        """One page of `list_events`."""
+        request = pb.ListEventsRequest(
+            parent=parent,
+            page_size=page_size,
+            page_token=page_token,
+            filter=filter,
+            order_by=events_order_by(order_by=order_by, newest_first=newest_first),
+        )
+        return self._call(self._stub.ListEvents, request, timeout, metadata)
+
+    def delete_event(
+        self, *, name: str, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> None:
+        """Remove an event for good (a correction); its sequence is not reused."""
+        self._call(self._stub.DeleteEvent, pb.DeleteEventRequest(name=name), timeout, metadata)
+
+    def purge_events(
+        self,
+        *,
+        parent: str,
+        filter: str,
+        force: bool = False,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> pb.PurgeEventsResponse:
+        """Purge a session's events matching `filter` for good (`*`: all); without
+        `force` only count them. Admin only."""
+        request = pb.PurgeEventsRequest(parent=parent, filter=filter, force=force)
+        return self._call(self._stub.PurgeEvents, request, timeout, metadata)
 
     # Watch
 
