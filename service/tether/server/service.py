@@ -348,7 +348,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         if request.validate_only:
             await session_db.create(self._db, new.values, new.refs, None, validate_only=True)
             return convert.session_to_proto(
-                {**new.values, "delete_time": None, "purge_time": None, "version": 1}
+                {**new.values, "delete_time": None, "purge_time": None, "version": 1, "event_count": 0}
             )
         claim = self._claim(namespace, request)
 

@@ -254,7 +254,9 @@ async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Ro
 # id claimed already fails the whole statement on the claim's primary key (a
 # concurrent duplicate waits there for the first to commit). No row back:
 # `check_participants` and `_raise_create_conflict` say why.
-_NEW_COLUMNS = [c for c in sessions.columns if c.name not in ("delete_time", "purge_time", "version")]
+# Left to their defaults on insert.
+_DEFAULTED = ("delete_time", "purge_time", "version", "event_count", "last_sequence")
+_NEW_COLUMNS = [c for c in sessions.columns if c.name not in _DEFAULTED]
 
 
 def _create_sql() -> str:
