@@ -103,6 +103,40 @@ async def test_concurrent_first_messages_make_one_session_and_one_author(
     ]
 
 
+def test_a_direct_message_makes_its_author_the_user(client: SessionsClient, parent: str, agent: str) -> None:
+    conversation = ExternalConversation(agent=agent, channel="slack", conversation_id=f"d-{uuid.uuid4()}")
+    author = AuthorKey(kind=USER, external_id=f"u-{uuid.uuid4()}", participant=Participant(display_name="Al"))
+    template = Session(kind=Session.KIND_DIRECT, display_name="DM")
+    calls = [
+        client.append_event(
+            parent=parent,
+            external_conversation=conversation,
+            session=template,
+            author_key=author,
+            event=_event(),
+        )
+        for _ in range(2)
+    ]
+    first, second = calls
+    assert (first.session_created, first.author_created, second.session_created) == (True, True, False)
+    assert first.session.user == first.event.author == second.event.author
+    assert client.get_participant(name=first.session.user).display_name == "Al"
+    assert (second.session.kind, second.session.member_count, second.event.sequence) == (
+        Session.KIND_DIRECT,
+        2,
+        2,
+    )
+    # Another sender in that DM is not its user: refused.
+    with expect_error(grpc.StatusCode.FAILED_PRECONDITION, Reason.NOT_A_MEMBER):
+        client.append_event(
+            parent=parent,
+            external_conversation=conversation,
+            session=template,
+            author_key=AuthorKey(kind=USER, external_id=f"u-{uuid.uuid4()}"),
+            event=_event(),
+        )
+
+
 def test_by_agent_pair_and_by_name(client: SessionsClient, parent: str, agent: str) -> None:
     peer = _participant(client, parent, AGENT)
     first = client.append_event(

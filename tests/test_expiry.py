@@ -265,6 +265,36 @@ async def test_sweep_purges_only_participants_no_session_names(db: Database) -> 
     assert sorted(await _sessions(db)) == ["live-session"]
 
 
+async def test_a_purged_participant_takes_its_events_and_the_counts_follow(db: Database) -> None:
+    async with db.transaction() as conn:
+        await _add_participant(conn, "bot")
+        await _add_participant(conn, "guest", delete_time=T0, purge_time=T0)
+        await _add_session(conn, "room", extra=("guest",), event_count=3, last_sequence=3)
+        authors = ["bot", "guest", "guest"]
+        await conn.execute(
+            insert(schema.events),
+            [
+                {
+                    "namespace": NS,
+                    "session": "room",
+                    "sequence": i,
+                    "event": f"e{i}",
+                    "uid": str(uuid.uuid4()),
+                    "author": a,
+                    "labels": {},
+                    "event_time": T0,
+                    "create_time": T0,
+                }
+                for i, a in enumerate(authors, 1)
+            ],
+        )
+    assert await sweep(db, now=T0 + timedelta(hours=1)) == SweepResult(purged_participants=1)
+    async with db.read() as conn:
+        left = list((await conn.execute(select(schema.events.c.author))).scalars())
+    room = (await _sessions(db))["room"]
+    assert (left, room["event_count"], room["last_sequence"], room["member_count"]) == (["bot"], 1, 3, 1)
+
+
 async def test_sweep_drops_expired_idempotency_records(db: Database) -> None:
     table = schema.idempotency
     values = {

@@ -557,9 +557,14 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         return convert.event_to_proto(await event_db.get(self._db, ref.namespace, ref.session, ref.event))
 
     def _session_key(
-        self, request: pb.AppendEventRequest, namespace: str, v: Violations
+        self, request: pb.AppendEventRequest, namespace: str, author: str | None, v: Violations
     ) -> event_db.SessionKey | None:
-        """AppendEvent's session key as FindOrCreateSession takes it, or None (by name)."""
+        """AppendEvent's session key as FindOrCreateSession takes it, or None (by name).
+
+        A DIRECT template without `user` takes the author as its user (`author`: the
+        author's participant name, or for an author by key the name it gets if created;
+        the data layer puts in the one it finds), so a DM's first message needs no
+        earlier call."""
         key = request.WhichOneof("session_key")
         if key is None:
             if request.HasField("session"):
@@ -568,10 +573,17 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         find = pb.FindOrCreateSessionRequest(parent=request.parent, session=request.session)
         getattr(find, key).CopyFrom(getattr(request, key))
         template = session_rules.template_for_key(find, namespace, v)
+        user_from_author = (
+            template.kind == session_pb2.Session.KIND_DIRECT and not template.user and bool(author)
+        )
+        if user_from_author:
+            template.user = author or ""
         _check_may_set_managed(template.managed, "session.managed")
         new = session_rules.new_session(namespace, names.new_id(), template, "session", v, auto_created=True)
         fixed = session_rules.template_fixed(find, new.values)
-        return event_db.SessionKey(_key_target(find, namespace, new.values), new.values, new.refs, fixed)
+        return event_db.SessionKey(
+            _key_target(find, namespace, new.values), new.values, new.refs, fixed, user_from_author
+        )
 
     async def AppendEvent(self, request: pb.AppendEventRequest, context: Context) -> pb.AppendEventResponse:
         v = Violations()
@@ -599,7 +611,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         expected = request.expected_last_sequence if request.HasField("expected_last_sequence") else None
         if expected is not None and expected < 0:
             v.add("expected_last_sequence", f"must not be negative, got {expected}")
-        session_key = self._session_key(request, namespace, v)
+        if author_key is not None:
+            author_name = names.participant_name(namespace, author_key.values["participant"])
+        else:
+            author_name = event.author
+        session_key = self._session_key(request, namespace, author_name or None, v)
         v.check()
         claim = self._claim(namespace, request)
         plan = event_db.Append(

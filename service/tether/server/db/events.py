@@ -52,7 +52,7 @@ from tether.server.db.schema import MERGE_PATCH_FUNCTION, UTCDateTime, events, m
 from tether.server.db.write_condition import managed_refused
 from tether.server.domain.validation import MAX_SESSION_STATE_BYTES
 from tether.server.errors import Reason, Resource
-from tether.v1 import session_pb2
+from tether.v1 import participant_pb2, session_pb2
 
 GROUP, TRIGGER = session_pb2.Session.KIND_GROUP, session_pb2.Session.KIND_TRIGGER
 # Kinds whose non-member authors join (as MEMBER) instead of being refused.
@@ -69,6 +69,14 @@ class SessionKey:
     values: dict[str, Any]
     refs: Sequence[session_db.ParticipantRef]
     fixed: Mapping[str, Any]
+    # A new DIRECT session's `user` is the author (as found or created by this call).
+    user_from_author: bool = False
+
+    def with_user(self, user: str) -> SessionKey:
+        values = {**self.values, "user": user}
+        refs = [r for r in self.refs if r.field != "session.user"]
+        refs.append(session_db.ParticipantRef("session.user", user, participant_pb2.Participant.KIND_USER))
+        return SessionKey(self.target, values, refs, self.fixed)
 
 
 @dataclass(frozen=True)
@@ -320,8 +328,14 @@ _LOCKED = select(sessions).where(
 def _append_in(conn: Connection, plan: Append) -> Appended:
     idempotency_db.raise_if_taken(conn, plan.claim)  # a retry of a call that appended
     result = Appended({}, {})
-    session = _session_in(conn, plan, result)
-    author = _author_in(conn, plan, result)
+    key = plan.session_key
+    if key is not None and key.user_from_author:
+        author = _author_in(conn, plan, result)  # first: a new DM's user
+        assert author is not None
+        session = _session_in(conn, plan, result, key.with_user(author))
+    else:
+        session = _session_in(conn, plan, result, key)
+        author = _author_in(conn, plan, result)
     _check_appendable(session, plan)
     joins = False
     if author is not None and not _is_member(conn, session, author):
@@ -358,11 +372,10 @@ def _append_in(conn: Connection, plan: Append) -> Appended:
     return result
 
 
-def _session_in(conn: Connection, plan: Append, result: Appended) -> Row:
+def _session_in(conn: Connection, plan: Append, result: Appended, key: SessionKey | None) -> Row:
     """The target session, locked (PostgreSQL) until the transaction ends; found or created by key."""
     session_id = plan.session
-    if plan.session_key is not None:
-        key = plan.session_key
+    if key is not None:
         found, created = session_db.find_or_create_in(
             conn, key.target, key.values, key.refs, None, key.fixed, False
         )

@@ -55,7 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server.db.base import Database, utcnow
-from tether.server.db.schema import idempotency, members, participants, sessions
+from tether.server.db.schema import events, idempotency, members, participants, sessions
 
 DEFAULT_BATCH_SIZE = 500
 # pg_try_advisory_xact_lock key: b"tether\x00\x02" as a signed 64-bit integer
@@ -164,14 +164,15 @@ async def _purge_participants(db: Database, now: datetime, batch_size: int) -> _
 
     Those references are ON DELETE CASCADE: purging a referenced participant
     would silently take its sessions with it. Such a participant waits until
-    its sessions are purged. Its plain memberships go first, with the
-    sessions' member_count, in the same transaction."""
+    its sessions are purged. Its plain memberships and the events it wrote go
+    first, with the sessions' member_count and event_count, in the same transaction."""
     due = and_(participants.c.purge_time <= now, ~_referenced_by_a_session())
 
     async def batch(conn: AsyncConnection) -> int:
         keys = [tuple(row) for row in await conn.execute(_pick(db, participants, due, batch_size))]
         if not keys:
             return 0
+        await _drop_events(conn, keys)
         await _drop_memberships(conn, keys, now)
         key = tuple_(participants.c.namespace, participants.c.participant)
         # `due` again: the NOT EXISTS is checked anew by this statement's own
@@ -208,6 +209,25 @@ def _pick(db: Database, table: Table, due: ColumnElement[bool], batch_size: int)
 def _picked(db: Database, table: Table, due: ColumnElement[bool], batch_size: int) -> ColumnElement[bool]:
     """`(primary key) IN (_pick(...))`: the WHERE of one batch's UPDATE or DELETE."""
     return tuple_(*table.primary_key.columns).in_(_pick(db, table, due, batch_size))
+
+
+async def _drop_events(conn: AsyncConnection, keys: Sequence[tuple[Any, ...]]) -> None:
+    """Delete the events these participants wrote, moving event_count first (session rows
+    before event rows, the order appends use). The author's foreign key would cascade
+    anyway; this keeps the counts true."""
+    author = tuple_(events.c.namespace, events.c.author)
+    rows = await conn.execute(select(events.c.namespace, events.c.session).where(author.in_(keys)))
+    per_session = Counter((row.namespace, row.session) for row in rows)
+    if not per_session:
+        return
+    move = (
+        update(sessions)
+        .where(sessions.c.namespace == bindparam("ns"), sessions.c.session == bindparam("sid"))
+        .values(event_count=sessions.c.event_count - bindparam("gone"))
+    )
+    params = [{"ns": ns, "sid": sid, "gone": gone} for (ns, sid), gone in sorted(per_session.items())]
+    await conn.execute(move, params)
+    await conn.execute(delete(events).where(author.in_(keys)))
 
 
 async def _drop_memberships(conn: AsyncConnection, keys: Sequence[tuple[Any, ...]], now: datetime) -> None:
