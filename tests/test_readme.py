@@ -59,7 +59,9 @@ def test_readme_story_runs_top_to_bottom_twice(server_factory: ServerFactory) ->
     server = server_factory()  # its own fresh database
 
     printed, first = run_python_example(server)
-    assert first["found"].created is True
+    assert (first["appended"].session_created, first["appended"].author_created) == (True, True)
+    assert first["appended"].event.sequence == 1
+    assert [e.sequence for e in first["recent"]] == [1]
     dm = first["session"]
     assert dm.kind == dm.KIND_DIRECT
     assert dm.external_conversation_id == "D042"
@@ -74,15 +76,19 @@ def test_readme_story_runs_top_to_bottom_twice(server_factory: ServerFactory) ->
     assert out.count('"created": true') == 1  # the group session of C042 was created
     assert '"kind": "KIND_GROUP"' in out
     assert '"group_name": "#support"' in out
+    # Bob's message in C042, then the channel's events: one.
+    assert out.count('"text": "Is the status page right?"') == 1 and '"sequence": "1"' in out
     # "Recent direct sessions on Slack" lists the DM the Python example made.
     assert f'"name": "{dm.name}"' in out
 
     printed, again = run_python_example(server)
-    assert again["found"].created is False
+    assert again["appended"].session_created is False
     assert again["session"].name == dm.name
+    assert [e.sequence for e in again["recent"]] == [2, 1]
     assert printed.strip() == f"False {dm.name} 2"
 
     out_again = run_grpcurl_example(server)
     assert '"created": true' not in out_again  # found, not created again
+    assert out_again.count('"text": "Is the status page right?"') == 2  # newest first: 2, 1
     assert set(SESSION_NAME.findall(out_again)) == set(SESSION_NAME.findall(out))
     assert f'"name": "{dm.name}"' in out_again
