@@ -253,3 +253,67 @@ async def test_participant_inserts_match(twins: Twins, with_claim: bool) -> None
     )
     if claim is not None:
         assert await twins.plain.query(idempotency_db.taken, claim) == f"namespaces/{NS}/participants/h1"
+
+
+def _append(session: str | None, event_id: str, **plan: Any) -> Any:
+    from tether.server.db import events as event_db
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    event = {
+        "event": event_id,
+        "uid": f"uid-{event_id}",
+        "invocation_id": "turn-1",
+        "branch": "root.sub",
+        "labels": {"k": "v"},
+        "content": {"text": "hi", "parts": [1, 2.5, None, {"x": True}]},
+        "state_delta": {"a": None, "n": {"deep": 1}},
+        "event_time": now + timedelta(minutes=1),
+        "create_time": now,
+    }
+    fields: dict[str, Any] = {
+        "namespace": NS,
+        "session": session,
+        "session_key": None,
+        "author": None,
+        "author_key": None,
+        "event": event,
+        "expected_last_sequence": None,
+        "may_manage": False,
+        "claim": None,
+    }
+    return event_db.Append(**{**fields, **plan})
+
+
+@pytest.mark.parametrize("author", ["joining", "by-key", "system"])
+async def test_append_statement_matches_its_transaction(twins: Twins, author: str) -> None:
+    """The one-statement append (an existing session and author) writes what the
+    transaction path writes: the same event, the same session after it."""
+    from tether.server.db import events as event_db
+
+    await _seed(twins.plain)
+    for session in ("g-hot", "g-plain"):
+        group = _new_session(session, f"c-{session}")
+        group.values.update(kind=session_pb2.Session.KIND_GROUP, user=None, member_count=1)
+        await session_db.create(twins.plain, group.values, [], None)
+    extra: dict[str, Any] = {}
+    if author == "joining":
+        extra["author"] = "ann"
+    elif author == "by-key":
+        values = _participant("unused", participant_pb2.Participant.KIND_USER, "U1")
+        extra["author_key"] = event_db.AuthorKey(values)
+    hot_plan = _append("g-hot", "e-hot", **extra, claim=_claim("r-e") if author == "joining" else None)
+    plain_plan = _append("g-plain", "e-plain", **extra)
+    plain_plan.event.update(
+        create_time=hot_plan.event["create_time"], event_time=hot_plan.event["event_time"]
+    )
+    hot = await event_db._append_in_one_statement(twins.hot, hot_plan)
+    assert hot is not None  # the one statement did it
+    plain = await event_db.append(twins.plain, plain_plan)
+    _same_except(hot.event, plain.event, "session", "event", "uid")
+    _same_except(hot.session, plain.session, "session", "uid", "external_conversation_id", "create_time")
+    assert hot.session["session_state"] == {"n": {"deep": 1}}
+    assert (hot.event["sequence"], hot.session["event_count"]) == (1, 1)
+    assert hot.session["member_count"] == (2 if author != "system" else 1)
+    if author == "joining":
+        claimed = await twins.plain.query(idempotency_db.taken, _claim("r-e"))
+        assert claimed == f"namespaces/{NS}/sessions/g-hot/events/e-hot"
