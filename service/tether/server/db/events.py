@@ -170,7 +170,13 @@ def _fast_sql(session_by: str, author_by: str | None) -> _Numbered:
     also merges the state), check the author (`a`) and every condition (`g`), add a
     joining author (`m`), move the session (`u`), insert the event (`e`), claim the
     request id. No row back: something is missing or in the way, and `_append_in` says
-    what (or does it)."""
+    what (or does it).
+
+    The author row is read, not locked: the check and the write are one statement, so a
+    concurrent disable or soft delete simply comes after the append (the events foreign
+    key's own KEY SHARE lock still stops a purge). A FOR SHARE would write a lock into
+    the author's row on every message, and make one author's parallel messages share
+    a MultiXact."""
     where = _SESSION_BY[session_by] + (_FIXED if session_by != "name" else "")
     merged = (
         "CASE WHEN :delta::jsonb IS NULL THEN t.session_state "
@@ -180,7 +186,7 @@ def _fast_sql(session_by: str, author_by: str | None) -> _Numbered:
     if author_by is not None:
         parts.append(
             "a AS (SELECT participant, managed FROM participants WHERE namespace = :ns::varchar "
-            f"AND {_AUTHOR_BY[author_by]} AND delete_time IS NULL AND enabled FOR SHARE)"
+            f"AND {_AUTHOR_BY[author_by]} AND delete_time IS NULL AND enabled)"
         )
         is_member = (
             "EXISTS (SELECT 1 FROM members mm, a WHERE mm.namespace = t.namespace "
