@@ -137,6 +137,22 @@ def test_a_direct_message_makes_its_author_the_user(client: SessionsClient, pare
         )
 
 
+def test_a_key_into_a_missing_namespace_is_not_found(client: SessionsClient, agent: str) -> None:
+    missing = f"namespaces/gone-{uuid.uuid4().hex[:8]}"
+    conversation = ExternalConversation(agent=f"{missing}/participants/bot", conversation_id="c")
+    for template in (Session(), Session(kind=Session.KIND_DIRECT)):
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
+            client.append_event(
+                parent=missing,
+                external_conversation=conversation,
+                session=template,
+                author_key=AuthorKey(kind=USER, external_id="u"),
+                event=_event(),
+            )
+    with expect_error(grpc.StatusCode.NOT_FOUND, Reason.SESSION_NOT_FOUND):
+        client.append_event(parent=f"{missing}/sessions/s", event=_event(author=f"{missing}/participants/p"))
+
+
 def test_by_agent_pair_and_by_name(client: SessionsClient, parent: str, agent: str) -> None:
     peer = _participant(client, parent, AGENT)
     first = client.append_event(

@@ -77,7 +77,8 @@ def test_readme_story_runs_top_to_bottom_twice(server_factory: ServerFactory) ->
     assert '"kind": "KIND_GROUP"' in out
     assert '"group_name": "#support"' in out
     # Bob's message in C042, then the channel's events: one.
-    assert out.count('"text": "Is the status page right?"') == 1 and '"sequence": "1"' in out
+    assert out.count('"text": "Is the status page right?"') == 1
+    assert '"sequence": "1"' in out
     # "Recent direct sessions on Slack" lists the DM the Python example made.
     assert f'"name": "{dm.name}"' in out
 

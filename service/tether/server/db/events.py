@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tether.server import errors, names
 from tether.server.db import idempotency as idempotency_db
+from tether.server.db import namespaces as namespace_db
 from tether.server.db import participants as participant_db
 from tether.server.db import sessions as session_db
 from tether.server.db.base import Database, Row, constraint_kind
@@ -316,11 +317,15 @@ async def append(db: Database, plan: Append) -> Appended:
         try:
             return await db.write(_append_in, plan)
         except IntegrityError as exc:
-            if constraint_kind(exc) != "unique":
-                raise
-            if EVENT_INDEX in str(exc.orig) or "events.event" in str(exc.orig):
+            kind = constraint_kind(exc)
+            if kind == "foreign_key":
+                await namespace_db.get(db, plan.namespace)  # a new author in a missing namespace
+            if kind == "unique" and (EVENT_INDEX in str(exc.orig) or "events.event" in str(exc.orig)):
                 raise _event_taken(plan, plan.session or "") from None
-            # A concurrent creator of the session or author won: the next round finds it.
+            if kind == "other":
+                raise
+            # A concurrent creator of the session or author won, or a participant went away
+            # meanwhile: the next round finds it, or says why not.
         except session_db.NeitherFoundNorCreatedError:
             pass
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
