@@ -50,7 +50,7 @@ def _event(text: str = "hi", **fields: Any) -> Event:
     return event
 
 
-def _participant(client: SessionsClient, parent: str, kind: int) -> str:
+def _participant(client: SessionsClient, parent: str, kind: Participant.Kind.ValueType) -> str:
     return client.create_participant(parent=parent, participant=Participant(kind=kind)).name
 
 
@@ -64,7 +64,9 @@ def user(client: SessionsClient, parent: str) -> str:
     return _participant(client, parent, USER)
 
 
-def _session(client: SessionsClient, parent: str, kind: int, agent: str, **fields: Any) -> Session:
+def _session(
+    client: SessionsClient, parent: str, kind: Session.Kind.ValueType, agent: str, **fields: Any
+) -> Session:
     return client.create_session(parent=parent, session=Session(kind=kind, agent=agent, **fields))
 
 
@@ -325,7 +327,7 @@ def test_deleted_and_disabled_sessions_refuse_appends(
 
 @pytest.mark.parametrize("kind", [Session.KIND_GROUP, Session.KIND_TRIGGER])
 def test_a_new_author_joins_groups_and_triggers(
-    client: SessionsClient, parent: str, agent: str, user: str, kind: int
+    client: SessionsClient, parent: str, agent: str, user: str, kind: Session.Kind.ValueType
 ) -> None:
     session = _session(client, parent, kind, agent)
     first = client.append_event(parent=session.name, event=_event(author=user))
