@@ -191,28 +191,22 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     # Participants ------------------------------------------------------
 
     def _new_participant(
-        self,
-        namespace: str,
-        participant_id: str,
-        p: participant_pb2.Participant,
-        v: Violations,
-        path: str = "participant",
+        self, namespace: str, participant_id: str, p: participant_pb2.Participant, v: Violations
     ) -> dict[str, Any]:
         """The new participant's row; `p.kind` is the caller's to validate (it is
         `kind` in FindOrCreateParticipant, `participant.kind` in CreateParticipant)."""
-        _check_may_set_managed(p.managed, f"{path}.managed")
-        participant_rules.check_fields(p, path, v)
+        _check_may_set_managed(p.managed, "participant.managed")
+        participant_rules.check_fields(p, "participant", v)
         v.check()  # every violation so far, then build values only from valid input
-        now = utcnow()
-        return {
-            "namespace": namespace,
-            "participant": participant_id,
-            "uid": names.new_id(),
-            "kind": p.kind,
-            "create_time": now,
-            "update_time": now,
-            **participant_rules.column_values(p, participant_rules.RULES.mutable),
-        }
+        return _participant_row(namespace, participant_id, p)
+
+    def _participant_for_key(
+        self, namespace: str, key: pb.FindOrCreateParticipantRequest, v: Violations
+    ) -> dict[str, Any]:
+        """The row of a participant FindOrCreateParticipant finds or creates."""
+        template = _key_template(key, "", v)
+        v.check()
+        return _participant_row(namespace, names.new_id(), template)
 
     async def CreateParticipant(
         self, request: pb.CreateParticipantRequest, context: Context
@@ -296,7 +290,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v = Violations()
         namespace = v.name(names.parse_namespace, request.parent, "parent", "")
         v.request_id("request_id", request.request_id)
-        values = self._participant_for_key(namespace, request, "", v)
+        values = self._participant_for_key(namespace, request, v)
         v.check()
 
         claim = self._claim(namespace, request)
@@ -311,29 +305,6 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             return pb.FindOrCreateParticipantResponse(participant=await self._participant(name), created=True)
 
         return await self._created(claim, find_or_create, replay)
-
-    def _participant_for_key(
-        self,
-        namespace: str,
-        key: pb.FindOrCreateParticipantRequest | pb.AppendEventRequest.AuthorKey,
-        prefix: str,
-        v: Violations,
-    ) -> dict[str, Any]:
-        """The row of a participant to find or create by `key.kind` + `key.external_id`,
-        from the template `key.participant`, which must not contradict the key."""
-        v.enum(f"{prefix}kind", key.kind, participant_rules.KINDS)
-        v.text(f"{prefix}external_id", key.external_id, MAX_EXTERNAL_ID, required=True)
-        template = participant_pb2.Participant()
-        template.CopyFrom(key.participant)
-        for field, key_value in (("kind", key.kind), ("external_id", key.external_id)):
-            current = getattr(template, field)
-            if current and current != key_value:
-                v.add(
-                    f"{prefix}participant.{field}",
-                    f"contradicts {prefix}{field} ({shorten(str(key_value), 80)!r})",
-                )
-        template.kind, template.external_id = key.kind, key.external_id
-        return self._new_participant(namespace, names.new_id(), template, v, f"{prefix}participant")
 
     # Sessions ----------------------------------------------------------
 
@@ -599,24 +570,24 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             v.add("event", "required")
         event = request.event
         event_rules.check_event(event, "event", v)
-        author, author_key = None, None
+        author, author_template = None, None
+        author_name = event.author
+        new_author_id = names.new_id()  # the author's id if this call creates it
         if request.HasField("author_key"):
             if event.author:
                 v.add("event.author", "set event.author or author_key, not both")
-            author_key = event_db.AuthorKey(
-                self._participant_for_key(namespace, request.author_key, "author_key.", v)
-            )
+            author_template = _key_template(request.author_key, "author_key.", v)
+            author_name = names.participant_name(namespace, new_author_id)
         elif event.author:
             author = session_rules.participant_id(event.author, namespace, "event.author", v)
         expected = request.expected_last_sequence if request.HasField("expected_last_sequence") else None
         if expected is not None and expected < 0:
             v.add("expected_last_sequence", f"must not be negative, got {expected}")
-        if author_key is not None:
-            author_name = names.participant_name(namespace, author_key.values["participant"])
-        else:
-            author_name = event.author
         session_key = self._session_key(request, namespace, author_name or None, v)
         v.check()
+        author_key = None
+        if author_template is not None:
+            author_key = event_db.AuthorKey(_participant_row(namespace, new_author_id, author_template))
         claim = self._claim(namespace, request)
         plan = event_db.Append(
             namespace=namespace,
@@ -682,6 +653,44 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             "WatchSessions", "WatchSessions is not implemented yet (planned: a later issue)"
         )
         yield  # makes this an async generator, as a server-streaming handler must be
+
+
+def _key_template(
+    key: pb.FindOrCreateParticipantRequest | pb.AppendEventRequest.AuthorKey,
+    prefix: str,
+    v: Violations,
+) -> participant_pb2.Participant:
+    """The template of a participant found or created by key, with the key filled in;
+    its violations recorded in `v` (nothing raised yet)."""
+    v.enum(f"{prefix}kind", key.kind, participant_rules.KINDS)
+    v.text(f"{prefix}external_id", key.external_id, MAX_EXTERNAL_ID, required=True)
+    template = participant_pb2.Participant()
+    template.CopyFrom(key.participant)
+    for field, key_value in (("kind", key.kind), ("external_id", key.external_id)):
+        current = getattr(template, field)
+        if current and current != key_value:
+            v.add(
+                f"{prefix}participant.{field}",
+                f"contradicts {prefix}{field} ({shorten(str(key_value), 80)!r})",
+            )
+    template.kind, template.external_id = key.kind, key.external_id
+    _check_may_set_managed(template.managed, f"{prefix}participant.managed")
+    participant_rules.check_fields(template, f"{prefix}participant", v)
+    return template
+
+
+def _participant_row(namespace: str, participant_id: str, p: participant_pb2.Participant) -> dict[str, Any]:
+    """A new participant's row from a validated message."""
+    now = utcnow()
+    return {
+        "namespace": namespace,
+        "participant": participant_id,
+        "uid": names.new_id(),
+        "kind": p.kind,
+        "create_time": now,
+        "update_time": now,
+        **participant_rules.column_values(p, participant_rules.RULES.mutable),
+    }
 
 
 def _key_target(
