@@ -2,7 +2,8 @@
 
 The access matrix: every role (reader, writer, system, admin) x every RPC family (read,
 write, admin) x the principal's own namespace or another tenant's. Each cell runs every
-probe of its family and expects exactly one of:
+probe of its family (the event RPCs too: readers read events, writers append and delete
+them, admins purge them) and expects exactly one of:
 
 - the probe's normal answer (the role suffices and the namespace is visible);
 - PERMISSION_DENIED / PERMISSION_DENIED (visible namespace, role too low);
@@ -31,6 +32,8 @@ from tests.support.security import ROLES, Credential, write_auth_file
 from tests.support.server import ServerFactory, ServerProcess
 from tests.support.tools import describe, run_tool
 from tether.client import (
+    AuthorKey,
+    Event,
     ExternalConversation,
     Member,
     Participant,
@@ -101,6 +104,8 @@ class World:
     deleted_session: str
     member: str  # a removable member: UpdateMember
     leaver: str  # another removable member: RemoveMember
+    event: str  # an event of `session`: GetEvent
+    doomed_event: str  # another event of `session`: DeleteEvent
 
     def moved(self, namespace: str) -> World:
         """The same names in another namespace (where nothing was created)."""
@@ -130,7 +135,8 @@ def build_world(admin: SessionsClient, namespace: str) -> World:
     doomed, deleted = session(kind=Session.KIND_TRIGGER), session(kind=Session.KIND_TRIGGER)
     admin.delete_session(name=deleted)
     members = [admin.add_member(parent=main, member=Member(participant=p)).name for p in (member, leaver)]
-    return World(parent, agent, user, spare, joiner, gone, main, doomed, deleted, *members)
+    events = [admin.append_event(parent=main, event=Event(author=user)).event.name for _ in range(2)]
+    return World(parent, agent, user, spare, joiner, gone, main, doomed, deleted, *members, *events)
 
 
 Call = Callable[[SessionsClient, World], object]
@@ -156,6 +162,8 @@ PROBES: dict[str, list[Probe]] = {
         Probe("BatchGetSessions", lambda c, w: c.batch_get_sessions(parent=w.parent, names=[w.session])),
         Probe("ListSessions", lambda c, w: list(c.list_sessions(parent=w.parent))),
         Probe("ListMembers", lambda c, w: list(c.list_members(parent=w.session))),
+        Probe("GetEvent", lambda c, w: c.get_event(name=w.event)),
+        Probe("ListEvents", lambda c, w: list(c.list_events(parent=w.session, newest_first=True))),
     ],
     "write": [
         Probe(
@@ -208,11 +216,34 @@ PROBES: dict[str, list[Probe]] = {
             lambda c, w: c.update_member(member=Member(name=w.member, role=Member.ROLE_OBSERVER)),
         ),
         Probe("RemoveMember", lambda c, w: c.remove_member(name=w.leaver)),
+        Probe(
+            "AppendEvent",
+            lambda c, w: c.append_event(
+                parent=w.session, event=Event(author=w.user), expected_last_sequence=2
+            ),
+        ),
+        # By key: `parent` is the namespace, the session and the author are found or created.
+        Probe(
+            "AppendEvent",
+            lambda c, w: c.append_event(
+                parent=w.parent,
+                external_conversation=ExternalConversation(
+                    agent=w.agent, channel="slack", conversation_id=uuid.uuid4().hex
+                ),
+                author_key=AuthorKey(kind=Participant.KIND_USER, external_id=uuid.uuid4().hex),
+                event=Event(),
+            ),
+        ),
+        Probe("DeleteEvent", lambda c, w: c.delete_event(name=w.doomed_event)),
     ],
     "admin": [
         Probe("GetNamespace", lambda c, w: c.get_namespace(name=w.parent)),
         Probe("ListNamespaces", lambda c, w: list(c.list_namespaces()), namespaced=False),
         Probe("PurgeSessions", lambda c, w: c.purge_sessions(parent=w.parent, filter="*", force=False)),
+        Probe("PurgeEvents", lambda c, w: c.purge_events(parent=w.session, filter="*", force=False)),
+        Probe(
+            "PurgeEvents", lambda c, w: c.purge_events(parent=w.session, filter="sequence > 1", force=True)
+        ),
         Probe(
             "DeleteNamespace",
             lambda c, w: c.delete_namespace(name=w.parent),
@@ -265,6 +296,94 @@ def test_access_matrix(secured: Secured, role: str, family: str, scope: str) -> 
         if got != want:
             mismatches.append(f"{probe.method}: expected {want}, got {got}")
     assert mismatches == [], f"{role} / {family} / {scope}:\n" + "\n".join(mismatches)
+
+
+# --- events across tenants: no existence oracle ---------------------------------------------------
+
+
+Refusal = tuple[str, str, str, tuple[tuple[str, str], ...]]  # code, reason, resource name, violations
+
+
+def refusal(call: Callable[..., object], **request: object) -> Refusal:
+    """What a call that must fail answers: code, reason, the resource name it reports, and its
+    field violations."""
+    try:
+        call(**request)
+    except TetherError as error:
+        violations = tuple((v.field, v.description) for v in error.violations)
+        return error.code.name, error.reason, error.metadata.get("resource_name", ""), violations
+    raise AssertionError(f"{call.__name__}({request}) succeeded")
+
+
+@pytest.mark.parametrize("role", ["reader", "writer", "system"])
+def test_another_tenants_events_look_like_missing_ones(secured: Secured, role: str) -> None:
+    """Another tenant's real session and event get exactly what made-up names in that namespace
+    get: NOT_FOUND naming what was asked for, whatever exists there (and nothing changes)."""
+    admin, caller = secured.client("admin"), secured.client(role)
+    world = build_world(admin, OTHER)
+    missing_session = f"{world.parent}/sessions/missing-{uuid.uuid4().hex[:8]}"
+    targets = {
+        "real": (world.session, world.event),
+        "missing event": (world.session, f"{world.session}/events/missing"),
+        "missing session": (missing_session, f"{missing_session}/events/missing"),
+    }
+    for what, (session, event) in targets.items():
+        by_event: dict[str, dict[str, object]] = {
+            "get_event": {"name": event},
+            "delete_event": {"name": event},
+        }
+        by_session: dict[str, dict[str, object]] = {
+            "list_events_page": {"parent": session, "order_by": "sequence desc"},
+            "append_event": {"parent": session, "event": Event(), "expected_last_sequence": 2},
+            "purge_events": {"parent": session, "filter": "*", "force": True},
+        }
+        for method, request in by_event.items():
+            got = refusal(getattr(caller, method), **request)
+            assert got == ("NOT_FOUND", "EVENT_NOT_FOUND", event, ()), f"{method}, {what}: {got}"
+        for method, request in by_session.items():
+            got = refusal(getattr(caller, method), **request)
+            assert got == ("NOT_FOUND", "SESSION_NOT_FOUND", session, ()), f"{method}, {what}: {got}"
+    # By key, into that tenant's namespace: with its real agent or a made-up one.
+    for agent in (world.agent, f"{world.parent}/participants/missing"):
+        got = refusal(
+            caller.append_event,
+            parent=world.parent,
+            external_conversation=ExternalConversation(agent=agent, conversation_id="c-1"),
+            author_key=AuthorKey(kind=Participant.KIND_USER, external_id="u-1"),
+            event=Event(),
+        )
+        assert got == ("NOT_FOUND", "NAMESPACE_NOT_FOUND", world.parent, ()), f"by key, {agent}: {got}"
+    assert [e.name for e in admin.list_events(parent=world.session)] == [world.event, world.doomed_event]
+    assert admin.get_session(name=world.session).event_count == 2
+
+
+def test_event_references_to_another_tenant_are_refused_alike(secured: Secured) -> None:
+    """In its own namespace a writer cannot point an event into another tenant, and the refusal is
+    the same whether the other tenant's participant exists or not; a filter naming one matches
+    nothing."""
+    admin, writer = secured.client("admin"), secured.client("writer")
+    own, other = build_world(admin, OWN), build_world(admin, OTHER)
+    real, made_up = other.user, f"{other.parent}/participants/missing"
+
+    def as_author(participant: str) -> Refusal:
+        return refusal(writer.append_event, parent=own.session, event=Event(author=participant))
+
+    def as_key_agent(participant: str) -> Refusal:
+        key = ExternalConversation(agent=participant, conversation_id=f"c-{uuid.uuid4().hex[:8]}")
+        return refusal(writer.append_event, parent=own.parent, external_conversation=key, event=Event())
+
+    for name, attempt_with in (("event.author", as_author), ("by key", as_key_agent)):
+        answers = attempt_with(real), attempt_with(made_up)
+        assert answers[0] == answers[1], (
+            f"{name}: a real participant {answers[0]}, a missing one {answers[1]}"
+        )
+        assert answers[0][:2] == ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), f"{name}: {answers[0]}"
+        assert len(answers[0][3]) == 1, f"{name}: {answers[0]}"
+    assert [field for field, _ in as_author(real)[3]] == ["event.author"]
+    for participant in (real, made_up):
+        page = writer.list_events_page(parent=own.session, filter=f'author = "{participant}"')
+        assert list(page.events) == []
+    assert admin.get_session(name=own.session).event_count == 2
 
 
 # --- authentication -----------------------------------------------------------------------------
@@ -365,6 +484,39 @@ def test_mutating_calls_are_audited(secured: Secured) -> None:
         if e.get("event") == "rpc" and e.get("method", "").endswith("/GetParticipant")
     ]
     assert f"reader-{OWN}" in {e.get("principal") for e in reads}
+
+
+def test_event_writes_are_audited_and_reads_are_not(secured: Secured) -> None:
+    server = secured.server
+    writer, reader, admin = secured.client("writer"), secured.client("reader"), secured.client("admin")
+    world = build_world(admin, OWN)
+    appended = writer.append_event(parent=world.session, event=Event(author=world.user)).event
+    reader.get_event(name=appended.name)
+    reader.list_events_page(parent=world.session)
+    with expect_error(grpc.StatusCode.PERMISSION_DENIED, Reason.PERMISSION_DENIED):
+        reader.delete_event(name=appended.name)
+    writer.delete_event(name=appended.name)
+    with expect_error(grpc.StatusCode.PERMISSION_DENIED, Reason.PERMISSION_DENIED):
+        writer.purge_events(parent=world.session, filter="*", force=True)
+    admin.purge_events(parent=world.session, filter="*", force=True)
+    # Lines are in the log once the answer is back; this call's audit line proves all before it are.
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    admin.create_namespace(namespace_id=marker)
+    assert server.wait_for_event("audit", 30, resource=f"namespaces/{marker}") is not None
+    audited = [
+        (str(e.get("method")).rpartition("/")[2], e.get("principal"), e.get("code"))
+        for e in server.events()
+        if e.get("event") == "audit" and str(e.get("resource", "")).startswith(world.session)
+    ]
+    assert audited[-5:] == [  # after those of building the world
+        ("AppendEvent", f"writer-{OWN}", "OK"),
+        ("DeleteEvent", f"reader-{OWN}", "PERMISSION_DENIED"),
+        ("DeleteEvent", f"writer-{OWN}", "OK"),
+        ("PurgeEvents", f"writer-{OWN}", "PERMISSION_DENIED"),
+        ("PurgeEvents", f"admin-{OWN}", "OK"),
+    ], server.log_tail()
+    methods = {e.get("method") for e in server.events() if e.get("event") == "audit"}
+    assert not {f"/{SERVICE}/GetEvent", f"/{SERVICE}/ListEvents"} & methods
 
 
 def test_tokens_never_reach_the_log(secured: Secured) -> None:
