@@ -21,27 +21,30 @@ the message descriptors, and correct requests with one or two fields perturbed) 
    once, no waiting) and its process is still running. Before each batch the test waits (up to 30 s)
    for SERVING, so that a failure is charged to the batch that caused it.
 3. **Written data stays intact.** A snapshot namespace (participants, sessions with members, labels,
-   ``session_state``, a soft-deleted session and participant, a disabled participant) is created once
-   per backend and read back (Get and List) before the batches; after each batch it reads back equal
-   (same etags, same fields). Generated requests name it freely, but a request that may write only
-   names it in corrupted form (see ``strategies.may_write_protected``), so none can legitimately
-   change it. PurgeSessions is only ever sent with ``force=false``.
+   ``session_state``, events, a soft-deleted session and participant, a disabled participant) is
+   created once per backend and read back (Get and List) before the batches; after each batch it
+   reads back equal (same etags, same fields). Generated requests name it freely, but a request that
+   may write only names it in corrupted form (see ``strategies.may_write_protected``), so none can
+   legitimately change it. PurgeSessions is only ever sent with ``force=false`` (PurgeEvents may
+   purge, in the test's own namespace).
 
 ``test_undecodable_requests_are_rejected_cleanly`` applies property 1 to request *bytes* (random bytes,
-valid requests with flipped, dropped or appended bytes, and ``Struct`` values nested past protobuf's
-decoding depth limit), sent with a pass-through serializer: bad input on the wire is bad input too.
+valid requests with flipped, dropped or appended bytes, and ``Struct`` values (a session's
+``session_state``, an event's ``content`` or ``state_delta``) nested past protobuf's decoding depth
+limit), sent with a pass-through serializer: bad input on the wire is bad input too.
 
 Runs are deterministic (``derandomize=True``, no example database): 40 examples per RPC and backend,
-80 for the bytes property; ``TETHER_TEST_PROPERTY_SCALE=10`` multiplies them for a longer local hunt.
-When a property fails, the
-assertion message shows the RPC, the (shortened) request in text format, the status, what was wrong,
-and the server's log lines of that call (with the traceback of an INTERNAL).
+80 for the bytes property; ``TETHER_TEST_PROPERTY_SCALE=10`` multiplies them for a
+longer local hunt. When a property fails, the assertion message shows the RPC, the (shortened)
+request in text format, the status, what was wrong, and the server's log lines of that call (with
+the traceback of an INTERNAL).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -64,10 +67,10 @@ from hypothesis import strategies as st
 
 from tests.support import strategies as gen
 from tests.support.server import ServerProcess, parse_event
-from tether.v1 import namespace_pb2, participant_pb2, session_pb2, session_service_pb2_grpc
+from tether.v1 import event_pb2, namespace_pb2, participant_pb2, session_pb2, session_service_pb2_grpc
 from tether.v1 import session_service_pb2 as pb
 
-# Examples per RPC and backend (27 RPCs), and for the undecodable-bytes property per backend;
+# Examples per RPC and backend (32 RPCs), and for the undecodable-bytes property per backend;
 # TETHER_TEST_PROPERTY_SCALE multiplies both (e.g. 10 for a long local hunt).
 SCALE = float(os.environ.get("TETHER_TEST_PROPERTY_SCALE", "1"))
 EXAMPLES_PER_RPC = max(1, round(40 * SCALE))
@@ -398,6 +401,7 @@ class Snapshot:
     participants: tuple[str, ...]
     sessions: tuple[str, ...]
     members: tuple[str, ...]
+    events: tuple[str, ...] = ()
     state: tuple[tuple[str, Message], ...] = ()
 
     def __repr__(self) -> str:
@@ -405,7 +409,13 @@ class Snapshot:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (f"namespaces/{self.namespace}", *self.participants, *self.sessions, *self.members)
+        return (
+            f"namespaces/{self.namespace}",
+            *self.participants,
+            *self.sessions,
+            *self.members,
+            *self.events,
+        )
 
     def read(self, stub: Stub) -> dict[str, Message]:
         """Everything in the namespace, by Get and by List (soft-deleted included)."""
@@ -416,6 +426,9 @@ class Snapshot:
         for name in self.sessions:
             state[name] = stub.GetSession(pb.GetSessionRequest(name=name))
             state[f"{name} members"] = stub.ListMembers(pb.ListMembersRequest(parent=name, page_size=1000))
+            state[f"{name} events"] = stub.ListEvents(pb.ListEventsRequest(parent=name, page_size=1000))
+        for name in self.events:
+            state[name] = stub.GetEvent(pb.GetEventRequest(name=name))
         state["participants list"] = stub.ListParticipants(
             pb.ListParticipantsRequest(parent=parent, page_size=1000, show_deleted=True)
         )
@@ -492,6 +505,32 @@ def build_snapshot(stub: Stub) -> Snapshot:
     stub.RecordActivity(
         pb.RecordActivityRequest(name=direct, activity_time=timestamp_pb2.Timestamp(seconds=gen.NOW_SECONDS))
     )
+
+    def event(session_name: str, event_id: str, **fields: Any) -> str:
+        request = pb.AppendEventRequest(
+            parent=session_name, event_id=event_id, event=event_pb2.Event(**fields)
+        )
+        name: str = stub.AppendEvent(request).event.name
+        return name
+
+    events = (
+        event(
+            direct,
+            "hello",
+            author=alice,
+            invocation_id="inv-1",
+            branch="root",
+            labels={"team": "a"},
+            content=_struct({"text": "hi ✓", "parts": [1, None, {"k": "v"}]}),
+            state_delta=_struct({"step": 4, "nested": None}),
+            event_time=timestamp_pb2.Timestamp(seconds=gen.NOW_SECONDS - 60),
+        ),
+        event(direct, "reply", author=bot, branch="root.planner", content=_struct({"text": "hello"})),
+        event(group, "joined", author=bob, content=_struct({"text": "bob joins by writing"})),
+        event(trigger, "system", content=_struct({"run": 1})),
+        event(gone, "before-deletion", author=bot2),
+    )
+    stub.DeleteEvent(pb.DeleteEventRequest(name=event(direct, "corrected", author=alice)))
     stub.DeleteSession(pb.DeleteSessionRequest(name=gone))
     stub.UpdateParticipant(pb.UpdateParticipantRequest(participant=Participant(name=bob, enabled=False)))
     stub.DeleteParticipant(pb.DeleteParticipantRequest(name=carol))
@@ -501,10 +540,8 @@ def build_snapshot(stub: Stub) -> Snapshot:
         for name in sessions
         for member in stub.ListMembers(pb.ListMembersRequest(parent=name, page_size=1000)).members
     )
-    snapshot = Snapshot(namespace, (bot, bot2, alice, bob, carol), sessions, members)
-    return Snapshot(
-        namespace, snapshot.participants, sessions, members, state=tuple(snapshot.read(stub).items())
-    )
+    snapshot = Snapshot(namespace, (bot, bot2, alice, bob, carol), sessions, members, events)
+    return dataclasses.replace(snapshot, state=tuple(snapshot.read(stub).items()))
 
 
 def assert_snapshot_intact(stub: Stub, snapshot: Snapshot) -> None:
@@ -554,6 +591,24 @@ def build_world(stub: Stub, parent: str, snapshot: Snapshot, *, throwaway: int =
         session("gone", kind=Session.KIND_GROUP, agent=agents[2]),
     )
     stub.AddMember(pb.AddMemberRequest(parent=sessions[1], member=Member(participant=users[1])))
+    authors = (users[0], users[1], agents[1], "", agents[2])  # a member of each session, or none
+    events = tuple(
+        stub.AppendEvent(
+            pb.AppendEventRequest(
+                parent=session_name,
+                event_id=f"e{i}",
+                event=event_pb2.Event(
+                    author=author,
+                    invocation_id="inv-1",
+                    branch="root.planner",
+                    labels={"team": "a"},
+                    content=_struct({"text": f"message {i}"}),
+                ),
+            )
+        ).event.name
+        for session_name, author in zip(sessions, authors, strict=True)
+        for i in (1, 2)
+    )
     etags.append(stub.DeleteSession(pb.DeleteSessionRequest(name=sessions[4])).etag)
     members = tuple(
         member.name
@@ -565,6 +620,12 @@ def build_world(stub: Stub, parent: str, snapshot: Snapshot, *, throwaway: int =
         stub.ListParticipants(pb.ListParticipantsRequest(parent=parent, page_size=1)).next_page_token,
         stub.ListMembers(pb.ListMembersRequest(parent=sessions[0], page_size=1)).next_page_token,
         stub.ListNamespaces(pb.ListNamespacesRequest(page_size=1)).next_page_token,
+        stub.ListEvents(pb.ListEventsRequest(parent=sessions[0], page_size=1)).next_page_token,
+        stub.ListEvents(
+            pb.ListEventsRequest(
+                parent=sessions[1], page_size=1, order_by="sequence desc", filter="sequence > 0"
+            )
+        ).next_page_token,
     ]
     spare = []
     for _ in range(throwaway):
@@ -577,6 +638,7 @@ def build_world(stub: Stub, parent: str, snapshot: Snapshot, *, throwaway: int =
         users=users,
         sessions=sessions,
         members=members,
+        events=events,
         etags=tuple(etags),
         page_tokens=tuple(token for token in tokens if token),
         throwaway=tuple(spare),
@@ -656,6 +718,16 @@ def test_writes_never_name_protected_namespaces() -> None:
         ("CreateNamespace", pb.CreateNamespaceRequest(namespace_id="fzsnap-1234abcd")),
         ("PurgeSessions", pb.PurgeSessionsRequest(parent="namespaces/t-0000aaaa", filter="*", force=True)),
         ("RemoveMember", pb.RemoveMemberRequest(name=f"{snap_session}/members/bot\x00")),
+        ("AppendEvent", pb.AppendEventRequest(parent=snap_session)),
+        (
+            "AppendEvent",
+            pb.AppendEventRequest(
+                parent="namespaces/t-0000aaaa/sessions/s",
+                event=event_pb2.Event(author="namespaces/fzsnap-1234abcd/participants/bot"),
+            ),
+        ),
+        ("DeleteEvent", pb.DeleteEventRequest(name=f"{snap_session}/events/hello")),
+        ("PurgeEvents", pb.PurgeEventsRequest(parent=snap_session, filter="*")),
     ]
     allowed = [
         ("GetSession", pb.GetSessionRequest(name=snap_session)),
@@ -666,6 +738,12 @@ def test_writes_never_name_protected_namespaces() -> None:
         ),
         ("DeleteNamespace", pb.DeleteNamespaceRequest(name="namespaces/fz-del-1", force=True)),
         ("PurgeSessions", pb.PurgeSessionsRequest(parent="namespaces/t-0000aaaa", filter="*")),
+        ("GetEvent", pb.GetEventRequest(name=f"{snap_session}/events/hello")),
+        ("ListEvents", pb.ListEventsRequest(parent=snap_session)),
+        (
+            "PurgeEvents",
+            pb.PurgeEventsRequest(parent="namespaces/t-0000aaaa/sessions/s", filter="*", force=True),
+        ),
     ]
     assert [m for m, r in refused if not gen.may_write_protected(m, r, world)] == []
     assert [m for m, r in allowed if gen.may_write_protected(m, r, world)] == []
@@ -707,14 +785,22 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def deeply_nested_state(session_name: str, depth: int, method: str) -> bytes:
-    """An Update/CreateSession request whose ``session_state`` nests ``depth`` Structs (built as
+DEEP_STRUCT_METHODS = ("UpdateSession", "CreateSession", "AppendEvent")
+
+
+def deeply_nested_state(session_name: str, depth: int, method: str, field: str = "content") -> bytes:
+    """An Update/CreateSession request whose ``session_state`` nests ``depth`` Structs, or an
+    AppendEvent request whose event's ``field`` (``content`` or ``state_delta``) does (built as
     bytes: the generated classes refuse to parse what is past the limit)."""
     value = _length_delimited(3, b"x")  # Value.string_value
     struct = b""
     for _ in range(depth):
         struct = _length_delimited(1, _length_delimited(1, b"a") + _length_delimited(2, value))  # fields
         value = _length_delimited(5, struct)  # Value.struct_value
+    if method == "AppendEvent":
+        number = event_pb2.Event.DESCRIPTOR.fields_by_name[field].number
+        event = _length_delimited(number, struct)
+        return _length_delimited(1, session_name.encode()) + _length_delimited(6, event)
     if method == "UpdateSession":
         session = _length_delimited(1, session_name.encode()) + _length_delimited(16, struct)
         return _length_delimited(1, session)
@@ -738,6 +824,36 @@ def _mangled(draw: st.DrawFn, valid: st.SearchStrategy[Any]) -> bytes:
     else:
         data += draw(st.binary(min_size=1, max_size=16))
     return bytes(data)
+
+
+def _struct_depth(struct: struct_pb2.Struct) -> int:
+    depth = 1
+    while "a" in struct.fields and struct.fields["a"].HasField("struct_value"):
+        struct, depth = struct.fields["a"].struct_value, depth + 1
+    return depth
+
+
+@pytest.mark.parametrize(
+    ("method", "field"),
+    [
+        ("UpdateSession", ""),
+        ("CreateSession", ""),
+        ("AppendEvent", "content"),
+        ("AppendEvent", "state_delta"),
+    ],
+)
+def test_deeply_nested_requests_are_what_they_say(method: str, field: str) -> None:
+    """The hand-built bytes decode (below the depth limit) to the request meant."""
+    session = "namespaces/t-0000aaaa/sessions/s"
+    cls = gen.message_class(gen.METHODS[method].input_type)
+    request: Any = cls.FromString(deeply_nested_state(session, 5, method, field))
+    if method == "AppendEvent":
+        assert request.parent == session
+        assert [f.name for f, _ in request.event.ListFields()] == [field]
+        assert _struct_depth(getattr(request.event, field)) == 5
+    else:
+        assert [f.name for f, _ in request.session.ListFields()][-1] == "session_state"
+        assert _struct_depth(request.session.session_state) == 5
 
 
 def _decodes_to_a_safe_request(method: str, data: bytes, world: gen.World) -> bool:
@@ -768,9 +884,10 @@ def test_undecodable_requests_are_rejected_cleanly(
         method = draw(methods)
         how = draw(st.sampled_from(["random", "mangled", "deep"]))
         if how == "deep":
-            method = draw(st.sampled_from(["UpdateSession", "CreateSession"]))
+            method = draw(st.sampled_from(DEEP_STRUCT_METHODS))
             depth = draw(st.integers(min_value=30, max_value=120))
-            return method, deeply_nested_state(world.sessions[0], depth, method)
+            field = draw(st.sampled_from(["content", "state_delta"]))
+            return method, deeply_nested_state(world.sessions[3], depth, method, field)
         if how == "mangled":
             return method, draw(_mangled(gen.VALID[method](world)))
         return method, draw(st.binary(max_size=128))

@@ -9,8 +9,8 @@ Two kinds of request, for every RPC:
   ``Struct`` values nest and hold NaN and infinities; ``Timestamp``/``Duration`` go out of range;
   ``FieldMask`` paths are good, bad or ``*``; one member of each oneof (or none).
 - :func:`near_valid_requests`: a correct request built from the test's :class:`World` (real
-  participants, sessions, members, etags and page tokens), then one or two fields perturbed (replaced
-  by an arbitrary value of their type, edited by a character, or cleared).
+  participants, sessions, members, events, etags and page tokens), then one or two fields perturbed
+  (replaced by an arbitrary value of their type, edited by a character, or cleared).
 
 Both are aimed by a :class:`World`. Requests that may write never name a *protected* namespace (the
 snapshot namespace, ``default``, another test's ``t-<8 hex>`` ...): :func:`may_write_protected` finds
@@ -38,7 +38,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from tether.v1 import namespace_pb2, participant_pb2, session_pb2
+from tether.v1 import event_pb2, namespace_pb2, participant_pb2, session_pb2
 from tether.v1 import session_service_pb2 as pb
 
 Strategy: TypeAlias = st.SearchStrategy[Any]
@@ -58,6 +58,8 @@ READ_ONLY_RPCS = frozenset(
         "BatchGetSessions",
         "ListSessions",
         "ListMembers",
+        "GetEvent",
+        "ListEvents",
         "WatchSessions",
     }
 )
@@ -71,7 +73,7 @@ _NAMESPACE_MENTION_RE = re.compile(rf"namespaces/({ID_PATTERN})(?=/|$|[^a-z0-9-]
 
 # Contract limits (as the protos' comments state them), each tried at, just below and just past
 # the limit.
-_LIMITS = (63, 200, 256, 512, 2000, 2048, 4096)
+_LIMITS = (63, 128, 200, 256, 512, 2000, 2048, 4096)
 BOUNDARY_LENGTHS = tuple(sorted({n + d for n in _LIMITS for d in (-1, 0, 1)}))
 
 MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
@@ -98,7 +100,13 @@ SESSION_FILTER_FIELDS = (
     "last_activity_time",
 )
 PARTICIPANT_FILTER_FIELDS = ("kind", "external_id", "enabled", "managed", "labels", "create_time")
+EVENT_FILTER_FIELDS = ("author", "invocation_id", "branch", "event_time", "create_time", "sequence", "labels")
 ORDER_FIELDS = ("create_time", "update_time", "last_activity_time", "display_name")
+EVENT_ORDER_FIELDS = ("sequence",)
+# Requests whose `filter` / `order_by` are in the event grammar (the others: the session one).
+EVENT_QUERY_REQUESTS = frozenset({"tether.v1.ListEventsRequest", "tether.v1.PurgeEventsRequest"})
+MAX_EVENT_BYTES = 1024 * 1024  # content + state_delta, serialized
+MAX_STRUCT_DEPTH = 32
 
 # A few fixed request ids, so that repeats (same and different payloads) happen.
 FIXED_REQUEST_IDS = (
@@ -119,6 +127,7 @@ class World:
     users: tuple[str, ...] = ()
     sessions: tuple[str, ...] = ()  # session names in scratch
     members: tuple[str, ...] = ()  # member names in scratch
+    events: tuple[str, ...] = ()  # event names in scratch
     etags: tuple[str, ...] = ()  # etags seen while building the world
     page_tokens: tuple[str, ...] = ()  # real next_page_tokens of scratch lists
     throwaway: tuple[str, ...] = ()  # empty namespaces (ids) that DeleteNamespace may delete
@@ -323,7 +332,8 @@ def resource_names(world: World, read_only: bool) -> Strategy:
         st.sampled_from(_last_segments(world.participants) or ["p"]), st.just("missing"), ids
     )
     session_ids = st.one_of(st.sampled_from(_last_segments(world.sessions) or ["s"]), st.just("missing"), ids)
-    existing = [world.parent, *world.participants, *world.sessions, *world.members]
+    event_ids = st.one_of(st.sampled_from(_last_segments(world.events) or ["e"]), st.just("missing"), ids)
+    existing = [world.parent, *world.participants, *world.sessions, *world.members, *world.events]
     snapshot = st.sampled_from(list(world.snapshot_names) or [f"namespaces/{world.snapshot}"])
     malformed = st.builds(
         lambda template, name: template.format(name),
@@ -336,6 +346,9 @@ def resource_names(world: World, read_only: bool) -> Strategy:
                 "{}\x00",
                 "{}//",
                 "{}/members",
+                "{}/events",
+                "{}/events/",
+                "{}/events/x/events/y",
                 "{}/sessions/",
                 "{}/widgets/x",
                 "projects/{}",
@@ -350,6 +363,7 @@ def resource_names(world: World, read_only: bool) -> Strategy:
         st.builds("namespaces/{}/participants/{}".format, namespace, participant_ids),
         st.builds("namespaces/{}/sessions/{}".format, namespace, session_ids),
         st.builds("namespaces/{}/sessions/{}/members/{}".format, namespace, session_ids, participant_ids),
+        st.builds("namespaces/{}/sessions/{}/events/{}".format, namespace, session_ids, event_ids),
         st.sampled_from(existing),
         snapshot if read_only else corrupted(snapshot),
         corrupted(st.sampled_from(existing)),
@@ -392,6 +406,16 @@ _FILTER_VALUES = (
     "true",
     "FALSE",
     "1",
+    "-1",
+    "0",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775809",
+    "1e3",
+    "0x10",
+    "1_000",
+    "1.5",
+    "\u0663",  # an Arabic-Indic digit: int() takes it
     "yes",
     "web",
     "*",
@@ -409,7 +433,18 @@ def filters(world: World, read_only: bool, fields: Sequence[str] = SESSION_FILTE
     field_names = st.one_of(
         st.sampled_from([*fields, "labels.team", "labels.a-b.c_d", "labels.x"]),
         st.sampled_from(
-            [*SESSION_FILTER_FIELDS, *PARTICIPANT_FILTER_FIELDS, "display_name", "name", "uid", "labels."]
+            [
+                *SESSION_FILTER_FIELDS,
+                *PARTICIPANT_FILTER_FIELDS,
+                *EVENT_FILTER_FIELDS,
+                "display_name",
+                "name",
+                "uid",
+                "labels.",
+                "content",
+                "state_delta",
+                "content.text",
+            ]
         ),
         st.sampled_from(["labels..x", "Kind", "a.b.c", "x" * 100, "_", "labels.é"]),
     )
@@ -457,16 +492,22 @@ def filters(world: World, read_only: bool, fields: Sequence[str] = SESSION_FILTE
     )
 
 
-def order_bys() -> Strategy:
+def order_bys(fields: Sequence[str] = ORDER_FIELDS) -> Strategy:
     keys = st.builds(
         lambda name, direction: f"{name} {direction}".strip(),
-        st.sampled_from([*ORDER_FIELDS, "uid", "name", "kind", "Create_Time", "display_name.x", ""]),
+        st.one_of(
+            st.sampled_from(list(fields)),
+            st.sampled_from([*ORDER_FIELDS, *EVENT_ORDER_FIELDS, "uid", "name", "kind", "event_time"]),
+            st.sampled_from(["Create_Time", "display_name.x", "Sequence", "sequence.x", ""]),
+        ),
         st.sampled_from(["", "asc", "desc", "ASC", "Desc", "up", "asc desc", "😀"]),
     )
     return st.one_of(
         st.lists(keys, min_size=1, max_size=4).map(", ".join),
         st.lists(keys, min_size=1, max_size=3).map(",".join),
-        st.sampled_from(["", ",", " , ", "create_time,create_time", "create_time desc,"]),
+        st.sampled_from(
+            ["", ",", " , ", "create_time,create_time", "create_time desc,", "sequence,sequence"]
+        ),
         garbage_text,
     )
 
@@ -596,16 +637,56 @@ label_maps: Strategy = st.one_of(
 )
 
 
-def _strings_for(name: str, world: World, read_only: bool) -> Strategy:
-    """The field-aware part of a string field's values (by the field's name)."""
-    if name in ("name", "parent", "agent", "user", "peer_agent", "participant", "names", "purge_sample"):
+BRANCHES = (
+    "root",
+    "root.planner",
+    "a-b_c.D9",
+    "",
+    ".",
+    "a..b",
+    ".a",
+    "a.",
+    "a b",
+    "a/b",
+    "root.é",
+    "a\x00",
+    "root:tool",
+)
+branches: Strategy = st.one_of(
+    st.sampled_from(BRANCHES),
+    st.from_regex(r"^[A-Za-z0-9_-]{1,8}(\.[A-Za-z0-9_-]{1,8}){0,4}$", fullmatch=True),
+    st.builds(lambda n, unit: ".".join([unit] * n), st.sampled_from([85, 86, 128, 129]), st.just("ab")),
+    st.builds(lambda n: "a" * n, st.sampled_from([255, 256, 257])),
+)
+_NAME_FIELDS = (
+    "name",
+    "parent",
+    "agent",
+    "user",
+    "peer_agent",
+    "participant",
+    "names",
+    "purge_sample",
+    "author",
+)
+
+
+def _strings_for(name: str, world: World, read_only: bool, owner: str = "") -> Strategy:
+    """The field-aware part of a string field's values (by the field's name, and the full name of
+    the message that holds it)."""
+    events = owner in EVENT_QUERY_REQUESTS
+    if name in _NAME_FIELDS:
         return resource_names(world, read_only)
+    if name == "invocation_id":
+        return st.one_of(short_text, boundary_strings, st.sampled_from(NASTY_STRINGS))
     if name.endswith("_id") and name not in ("external_id", "external_conversation_id", "request_id"):
         return ids
+    if name == "branch":
+        return branches
     if name == "filter":
-        return filters(world, read_only)
+        return filters(world, read_only, EVENT_FILTER_FIELDS if events else SESSION_FILTER_FIELDS)
     if name == "order_by":
-        return order_bys()
+        return order_bys(EVENT_ORDER_FIELDS if events else ORDER_FIELDS)
     if name in ("page_token", "next_page_token"):
         return page_tokens(world)
     if name == "etag":
@@ -617,8 +698,10 @@ def _strings_for(name: str, world: World, read_only: bool) -> Strategy:
     return garbage_text
 
 
-def string_values(name: str, world: World, read_only: bool) -> Strategy:
-    return st.one_of(_strings_for(name, world, read_only), garbage_text, resource_names(world, read_only))
+def string_values(name: str, world: World, read_only: bool, owner: str = "") -> Strategy:
+    return st.one_of(
+        _strings_for(name, world, read_only, owner), garbage_text, resource_names(world, read_only)
+    )
 
 
 # --- scalars and well-known types ---------------------------------------------------------------
@@ -735,12 +818,24 @@ def _struct_of(value: Mapping[str, Any]) -> struct_pb2.Struct:
 
 json_objects: Strategy = st.one_of(
     st.dictionaries(struct_keys, json_values, max_size=4),
-    # Sizes around the limits: metadata 64 KiB, session_state 256 KiB.
+    # Sizes around the limits: metadata 64 KiB, session_state 256 KiB, an event's content and
+    # state_delta 1 MiB together.
     st.builds(
-        lambda n: {"blob": "x" * n}, st.sampled_from([64 * 1024 - 16, 64 * 1024 + 16, 256 * 1024 + 16])
+        lambda n: {"blob": "x" * n},
+        st.sampled_from(
+            [
+                64 * 1024 - 16,
+                64 * 1024 + 16,
+                256 * 1024 + 16,
+                MAX_EVENT_BYTES // 2 + 16,
+                MAX_EVENT_BYTES - 64,
+                MAX_EVENT_BYTES + 16,
+            ]
+        ),
     ),
-    # Deep nesting; past ~32 levels the whole request nears protobuf's recursion limit of 100.
-    st.builds(_nested, st.integers(min_value=1, max_value=32), json_leaves),
+    # Deep nesting, to one level past the service's limit of 32; past ~32 levels the whole request
+    # nears protobuf's recursion limit of 100.
+    st.builds(_nested, st.integers(min_value=1, max_value=MAX_STRUCT_DEPTH + 1), json_leaves),
 )
 structs: Strategy = json_objects.map(_struct_of)
 
@@ -781,7 +876,8 @@ def field_values(field: FieldDescriptor, world: World, read_only: bool, depth: i
     """Arbitrary values of one (non-repeated view of a) field."""
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
-        return string_values(field.name, world, read_only)
+        owner = field.containing_type.full_name if field.containing_type is not None else ""
+        return string_values(field.name, world, read_only, owner)
     if kind == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if kind == FieldDescriptor.TYPE_ENUM:
@@ -1065,12 +1161,31 @@ TIME_CURSORS = (
     "2024-01-01T00:00:00+14:00",
 )
 TEXT_CURSORS = ("", "\x00", "a\x00b", "é" * 40, "x" * 300, "' OR 1=1 --", "\U0010ffff", "😀", "zzzz")
+# Integer cursors (an event's sequence): in range, past int64 either way, and not integers at all.
+GOOD_INTEGER_CURSORS = ("0", "1", "2", "-1", str(INT64[1]), str(INT64[0]))
+BAD_INTEGER_CURSORS = (
+    str(INT64[1] + 1),
+    str(INT64[0] - 1),
+    "9" * 100,
+    "1.5",
+    "1e3",
+    "0x10",
+    "NaN",
+    "",
+    " ",
+    "1 OR 1=1",
+    "\x00",
+    "😀",
+)
+INTEGER_CURSORS = GOOD_INTEGER_CURSORS + BAD_INTEGER_CURSORS
+_CURSORS = {"t": TIME_CURSORS, "s": TEXT_CURSORS, "i": INTEGER_CURSORS}
 
 
 def forged_page_tokens(binding: Sequence[str], keys: str) -> Strategy:
     """Tokens with a valid fingerprint for ``binding`` whose cursor values are hostile; ``keys`` has a
-    letter per ordering key: ``t`` a timestamp, ``s`` a string (the last is the tie-breaker)."""
-    values = [st.sampled_from(TIME_CURSORS if key == "t" else TEXT_CURSORS) for key in keys]
+    letter per ordering key: ``t`` a timestamp, ``s`` a string, ``i`` an integer (the last is the
+    tie-breaker)."""
+    values = [st.sampled_from(_CURSORS[key]) for key in keys]
     return st.tuples(*values).map(lambda cursor: forge_page_token(binding, cursor))
 
 
@@ -1226,6 +1341,106 @@ def _valid_batch_get(world: World) -> Strategy:
     )
 
 
+# --- valid event requests ----------------------------------------------------------------------
+
+_EVENT_ORDERS = {"": "sequence asc", "sequence": "sequence asc", "sequence desc": "sequence desc"}
+
+
+def _events(world: World) -> Strategy:
+    return _pick(world.events, f"{world.parent}/sessions/missing/events/missing")
+
+
+def _good_event_filters(world: World) -> Strategy:
+    user = world.users[0] if world.users else f"{world.parent}/participants/u"
+    return st.sampled_from(
+        [
+            "*",
+            "sequence > 1",
+            "sequence >= 1 AND sequence <= 2",
+            f'author = "{user}"',
+            'invocation_id = "inv-1"',
+            'branch = "root.planner"',
+            "labels.team:*",
+            'labels.team = "a" OR NOT sequence = 1',
+            "event_time > 2020-01-01T00:00:00Z",
+            "create_time < 2100-01-01T00:00:00Z",
+        ]
+    )
+
+
+@st.composite
+def _new_event(draw: st.DrawFn, world: World) -> event_pb2.Event:
+    event = event_pb2.Event(
+        author=draw(st.one_of(st.just(""), _participants(world))),
+        invocation_id=draw(st.sampled_from(["", "inv-1", "inv-2"])),
+        branch=draw(st.sampled_from(["", "root", "root.planner"])),
+        labels=draw(good_labels),
+    )
+    if draw(st.booleans()):
+        event.content.CopyFrom(draw(good_structs))
+    if draw(st.booleans()):
+        event.state_delta.CopyFrom(draw(good_structs))
+    if draw(st.booleans()):
+        event.event_time.CopyFrom(draw(good_times))
+    return event
+
+
+@st.composite
+def _valid_append_event(draw: st.DrawFn, world: World) -> pb.AppendEventRequest:
+    """An append by session name, or by key (a conversation or an agent pair) into the scratch
+    namespace, by an author named, found by key, or none."""
+    agents = list(world.agents) or [f"{world.parent}/participants/a"]
+    request = pb.AppendEventRequest(
+        event_id=draw(st.one_of(st.just(""), fresh_ids)),
+        request_id=draw(good_request_ids),
+        event=draw(_new_event(world)),
+    )
+    how = draw(st.sampled_from(["name", "name", "conversation", "pair"]))
+    if how == "name":
+        request.parent = draw(_sessions(world))
+    else:
+        request.parent = world.parent
+        if how == "conversation":
+            request.external_conversation.agent = draw(st.sampled_from(agents))
+            request.external_conversation.channel = draw(st.sampled_from(["", "web", "slack"]))
+            request.external_conversation.conversation_id = draw(st.sampled_from(["c-1", "c-2", "c-9"]))
+        else:
+            first, second = draw(st.permutations(agents))[:2] if len(agents) > 1 else (agents[0], agents[0])
+            request.agent_pair.agent = first
+            request.agent_pair.peer_agent = second
+        if draw(st.booleans()):
+            request.session.display_name = draw(plain_text)
+            request.session.labels.update(draw(good_labels))
+    if not request.event.author and draw(st.booleans()):
+        request.author_key.kind = draw(
+            st.sampled_from([participant_pb2.Participant.KIND_USER, participant_pb2.Participant.KIND_AGENT])
+        )
+        request.author_key.external_id = draw(st.sampled_from(["a1-ext", "u1-ext", "ext-1", "ext-9"]))
+        if draw(st.booleans()):
+            request.author_key.participant.display_name = draw(plain_text)
+    if draw(st.booleans()):
+        request.expected_last_sequence = draw(st.sampled_from([0, 1, 2, 3, 10**12]))
+    return request
+
+
+@st.composite
+def _valid_list_events(draw: st.DrawFn, world: World) -> pb.ListEventsRequest:
+    """A ListEvents request; its token is real, random, or forged for exactly this request's
+    parameters (so that its hostile cursor reaches the query)."""
+    snapshot_sessions = [n for n in world.snapshot_names if "/sessions/" in n and n.count("/") == 3]
+    parent = draw(st.one_of(_sessions(world), _pick(snapshot_sessions, f"namespaces/{world.snapshot}")))
+    filter_ = draw(st.one_of(st.just(""), _good_event_filters(world)))
+    order_by = draw(st.sampled_from(sorted(_EVENT_ORDERS)))
+    forged = forged_page_tokens([parent, filter_, _EVENT_ORDERS[order_by]], "i")
+    return pb.ListEventsRequest(
+        parent=parent,
+        page_size=draw(page_sizes),
+        page_token=draw(st.one_of(st.just(""), page_tokens(world), forged)),
+        filter=filter_,
+        order_by=order_by,
+    )
+
+
 VALID: dict[str, Callable[[World], Strategy]] = {
     "CreateNamespace": _valid_create_namespace,
     "GetNamespace": lambda w: st.builds(pb.GetNamespaceRequest, name=_readable_namespaces(w)),
@@ -1305,6 +1520,16 @@ VALID: dict[str, Callable[[World], Strategy]] = {
     "UpdateMember": _valid_update_member,
     "RemoveMember": lambda w: st.builds(pb.RemoveMemberRequest, name=_members(w)),
     "ListMembers": _valid_list_members,
+    "AppendEvent": _valid_append_event,
+    "GetEvent": lambda w: st.builds(
+        pb.GetEventRequest,
+        name=st.one_of(_events(w), _pick(w.snapshot_names, f"namespaces/{w.snapshot}")),
+    ),
+    "ListEvents": _valid_list_events,
+    "DeleteEvent": lambda w: st.builds(pb.DeleteEventRequest, name=_events(w)),
+    "PurgeEvents": lambda w: st.builds(
+        pb.PurgeEventsRequest, parent=_sessions(w), filter=_good_event_filters(w), force=st.booleans()
+    ),
     "WatchSessions": lambda w: st.builds(
         pb.WatchSessionsRequest,
         parent=st.just(w.parent),
