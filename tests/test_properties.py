@@ -28,13 +28,21 @@ the message descriptors, and correct requests with one or two fields perturbed) 
    legitimately change it. PurgeSessions is only ever sent with ``force=false`` (PurgeEvents may
    purge, in the test's own namespace).
 
+``test_one_defect_gets_its_own_error`` is sharper, for the event RPCs: a correct request with exactly
+one known defect (``strategies.DEFECTS``: a bad id or name, NaN or infinite numbers or too deep a
+``Struct`` in ``content``/``state_delta``, ``content`` + ``state_delta`` over 1 MiB, a bad branch, an
+author of another namespace, a negative ``expected_last_sequence``, a filter on an unknown field, a bad
+``order_by``, forged page tokens, a missing session or event ...) gets exactly the error the contract
+gives that defect: code, ErrorInfo reason, the field violations naming exactly the field at fault and,
+for NOT_FOUND, the resource name asked for. Then properties 1-3.
+
 ``test_undecodable_requests_are_rejected_cleanly`` applies property 1 to request *bytes* (random bytes,
 valid requests with flipped, dropped or appended bytes, and ``Struct`` values (a session's
 ``session_state``, an event's ``content`` or ``state_delta``) nested past protobuf's decoding depth
 limit), sent with a pass-through serializer: bad input on the wire is bad input too.
 
 Runs are deterministic (``derandomize=True``, no example database): 40 examples per RPC and backend,
-80 for the bytes property; ``TETHER_TEST_PROPERTY_SCALE=10`` multiplies them for a
+8 per defect, 80 for the bytes property; ``TETHER_TEST_PROPERTY_SCALE=10`` multiplies them for a
 longer local hunt. When a property fails, the assertion message shows the RPC, the (shortened)
 request in text format, the status, what was wrong, and the server's log lines of that call (with
 the traceback of an INTERNAL).
@@ -74,6 +82,7 @@ from tether.v1 import session_service_pb2 as pb
 # TETHER_TEST_PROPERTY_SCALE multiplies both (e.g. 10 for a long local hunt).
 SCALE = float(os.environ.get("TETHER_TEST_PROPERTY_SCALE", "1"))
 EXAMPLES_PER_RPC = max(1, round(40 * SCALE))
+DEFECT_EXAMPLES = max(1, round(8 * SCALE))
 UNDECODABLE_EXAMPLES = max(1, round(80 * SCALE))
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -767,6 +776,106 @@ def test_requests_never_break_the_server(
     property_holds()
     assert_server_healthy(server)
     assert_snapshot_intact(stub, snapshot)
+
+
+# --- one defect, its own error ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an error says, from its ``google.rpc.Status`` trailer."""
+
+    code: str
+    reason: str
+    fields: tuple[str, ...]  # of the field violations, sorted
+    resource: str  # ErrorInfo metadata ``resource_name``
+
+
+def answer_of(outcome: Outcome) -> Answer:
+    reason, resource = "", ""
+    fields: list[str] = []
+    raw = dict(outcome.trailers).get(DETAILS_KEY)
+    if isinstance(raw, bytes):
+        for detail in status_pb2.Status.FromString(raw).details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, resource = info.reason, info.metadata.get("resource_name", "")
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields.extend(v.field for v in bad.field_violations)
+    return Answer(outcome.code.name, reason, tuple(sorted(fields)), resource)
+
+
+def defect_problems(case: gen.Defective, got: Answer) -> list[str]:
+    found = []
+    if (got.code, got.reason) != (case.code, case.reason):
+        found.append(f"expected {case.code} {case.reason}, got {got.code} {got.reason or '(no reason)'}")
+    if got.fields not in {tuple(sorted(alternative)) for alternative in case.fields}:
+        wanted = " or ".join(str(list(alternative)) for alternative in case.fields)
+        found.append(f"expected the field violations {wanted}, got {list(got.fields)}")
+    if case.resource is not None and got.resource != case.resource:
+        found.append(f"expected resource_name {case.resource!r}, got {got.resource!r}")
+    return found
+
+
+@dataclass(frozen=True)
+class DefectCase:
+    """A generated defective request; its repr is the defect and the shortened request."""
+
+    defective: gen.Defective
+
+    def __repr__(self) -> str:
+        return f"[{self.defective.defect}] {describe(self.defective.request)}"
+
+
+@pytest.mark.parametrize(
+    ("method", "defect"), [(method, defect) for method, defects in gen.DEFECTS.items() for defect in defects]
+)
+def test_one_defect_gets_its_own_error(
+    server: ServerProcess,
+    channel: grpc.Channel,
+    stub: Stub,
+    snapshot: Snapshot,
+    parent: str,
+    method: str,
+    defect: str,
+) -> None:
+    """Property 1 and more for the event RPCs: a correct request with one known defect gets exactly
+    the error of that defect (code, reason, the one field at fault, the resource asked for); then
+    properties 2 and 3."""
+    wait_until_serving(server)
+    world = build_world(stub, parent, snapshot)
+
+    @settings(SETTINGS, max_examples=DEFECT_EXAMPLES)
+    @given(case=gen.defective(method, defect, world).map(DefectCase))
+    def property_holds(case: DefectCase) -> None:
+        defective = case.defective
+        start = len(server.log_lines())
+        outcome = check_call(server, channel, stub, method, defective.request)
+        note(f"defect: {defective.defect}")
+        found = defect_problems(defective, answer_of(outcome))
+        if found:
+            log = render_log(server_lines_since(server, start, method, fault=False)[-10:])
+            raise AssertionError(
+                f"{method} with one defect ({defective.defect}): {'; '.join(found)}\n"
+                f"status: {outcome.code.name}: {_short(outcome.details)}\n"
+                f"request ({defective.request.ByteSize()} bytes):\n{describe(defective.request)}\n"
+                f"server log of the call:\n{log}"
+            )
+
+    property_holds()
+    assert_server_healthy(server)
+    assert_snapshot_intact(stub, snapshot)
+
+
+def test_every_event_rpc_has_defects() -> None:
+    """The event RPCs (and only they) have defect generators."""
+    events = {name for name in gen.METHODS if name.endswith(("Event", "Events"))}
+    assert (
+        set(gen.DEFECTS) == events == {"AppendEvent", "GetEvent", "ListEvents", "DeleteEvent", "PurgeEvents"}
+    )
 
 
 # --- undecodable bytes --------------------------------------------------------------------------

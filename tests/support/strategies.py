@@ -11,6 +11,8 @@ Two kinds of request, for every RPC:
 - :func:`near_valid_requests`: a correct request built from the test's :class:`World` (real
   participants, sessions, members, events, etags and page tokens), then one or two fields perturbed
   (replaced by an arbitrary value of their type, edited by a character, or cleared).
+- :data:`DEFECTS`: for the event RPCs, a correct request with exactly one known defect, and the
+  error it must get (code, reason, the fields named).
 
 Both are aimed by a :class:`World`. Requests that may write never name a *protected* namespace (the
 snapshot namespace, ``default``, another test's ``t-<8 hex>`` ...): :func:`may_write_protected` finds
@@ -1537,3 +1539,354 @@ VALID: dict[str, Callable[[World], Strategy]] = {
         start_revision=st.sampled_from([0, 0, 1, 2, 10**12]),
     ),
 }
+
+
+# --- one known defect, one precise answer (the event RPCs) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Defective:
+    """A request with exactly one known defect and the error it must get: ``code`` (a
+    ``grpc.StatusCode`` name), ErrorInfo ``reason``, the field violations (exactly one of the
+    ``fields`` alternatives) and, when given, the ``resource_name`` it reports."""
+
+    defect: str
+    request: Message
+    code: str
+    reason: str
+    fields: tuple[tuple[str, ...], ...] = ((),)
+    resource: str | None = None
+
+
+def _bad_input(defect: str, request: Message, *fields: str, reason: str = "INVALID_ARGUMENT") -> Defective:
+    return Defective(defect, request, "INVALID_ARGUMENT", reason, (fields,))
+
+
+non_finite: Strategy = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+
+
+@st.composite
+def _poisoned_structs(draw: st.DrawFn) -> struct_pb2.Struct:
+    """A Struct that is fine but for one NaN or infinity somewhere inside (or a NUL)."""
+    bad: object = draw(st.one_of(non_finite, st.sampled_from(["a\x00b", "\x00"])))
+    for _ in range(draw(st.integers(min_value=0, max_value=5))):
+        bad = {"k": bad} if draw(st.booleans()) else [1, "x", bad]
+    return _struct_of({"ok": "fine", "bad": bad})
+
+
+too_deep_structs: Strategy = st.builds(
+    lambda leaf: _struct_of(_nested(MAX_STRUCT_DEPTH + 1, leaf)), st.sampled_from(["x", 1.0, None, True])
+)
+bad_event_ids: Strategy = st.one_of(
+    st.sampled_from([i for i in ["A", "a_b", "a.b", "-a", "a-", "a b", "a/b", "é", "x" * 64, "😀"] if i]),
+    st.from_regex(r"^[A-Z][a-z0-9]{0,8}$", fullmatch=True),
+)
+bad_branches: Strategy = st.one_of(
+    st.sampled_from([b for b in BRANCHES if b and not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", b)]),
+    st.builds(lambda n: "a" * n, st.integers(min_value=257, max_value=400)),
+    st.builds(lambda n: ".".join(["ab"] * n), st.integers(min_value=86, max_value=120)),
+)
+_BAD_LABEL_KEYS = ("A", "1a", "a b", "_a", "a" * 64, "é", "a/b", "Team")
+
+
+@st.composite
+def _oversized_pair(draw: st.DrawFn) -> tuple[struct_pb2.Struct | None, struct_pb2.Struct | None]:
+    """``content`` and ``state_delta`` each (or one of them) within limits alone, together past
+    1 MiB serialized."""
+    total = MAX_EVENT_BYTES + draw(st.integers(min_value=0, max_value=4096))
+    share = draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
+    content_chars = int(total * share)
+    delta_chars = total - content_chars
+    content = _struct_of({"blob": "c" * content_chars}) if content_chars else None
+    delta = _struct_of({"blob": "d" * delta_chars}) if delta_chars else None
+    return content, delta
+
+
+def _set_content(
+    request: pb.AppendEventRequest, content: struct_pb2.Struct | None, delta: struct_pb2.Struct | None
+) -> None:
+    request.event.ClearField("content")
+    request.event.ClearField("state_delta")
+    if content is not None:
+        request.event.content.CopyFrom(content)
+    if delta is not None:
+        request.event.state_delta.CopyFrom(delta)
+
+
+APPEND_DEFECTS = (
+    "event_id",
+    "content",
+    "state_delta",
+    "deep content",
+    "deep state_delta",
+    "oversized",
+    "branch",
+    "author namespace",
+    "author shape",
+    "expected_last_sequence",
+    "invocation_id",
+    "label key",
+    "event_time",
+    "request_id",
+    "parent",
+    "key parent",
+    "author and author_key",
+    "no event",
+    "template without key",
+)
+
+
+@st.composite
+def _defective_append(draw: st.DrawFn, world: World, how: str) -> Defective:
+    """An append to the scratch TRIGGER session (any author may write there) with one defect."""
+    trigger = next((s for s in world.sessions if s.endswith("/trigger")), f"{world.parent}/sessions/trigger")
+    r = pb.AppendEventRequest(parent=trigger, event=draw(_new_event(world)))
+    r.event.ClearField("state_delta")  # a big state could legitimately be over its own limit
+    if how == "event_id":
+        r.event_id = draw(bad_event_ids)
+        return _bad_input(how, r, "event_id")
+    if how in ("content", "state_delta"):
+        getattr(r.event, how).CopyFrom(draw(_poisoned_structs()))
+        return _bad_input(how, r, f"event.{how}")
+    if how.startswith("deep "):
+        field = how.removeprefix("deep ")
+        getattr(r.event, field).CopyFrom(draw(too_deep_structs))
+        return _bad_input(how, r, f"event.{field}")
+    if how == "oversized":
+        _set_content(r, *draw(_oversized_pair()))
+        alternatives = (("event.content",), ("event.state_delta",), ("event.content", "event.state_delta"))
+        return Defective(how, r, "RESOURCE_EXHAUSTED", "SIZE_LIMIT_EXCEEDED", alternatives)
+    if how == "branch":
+        r.event.branch = draw(bad_branches)
+        return _bad_input(how, r, "event.branch")
+    if how == "author namespace":  # a well-formed participant name of another namespace
+        other = draw(st.sampled_from(["fz-other", "fz-missing", world.scratch + "x"]))
+        r.event.author = f"namespaces/{other}/participants/{draw(st.sampled_from(['a1', 'u1', 'nobody']))}"
+        return _bad_input(how, r, "event.author")
+    if how == "author shape":
+        r.event.author = draw(
+            st.sampled_from([world.parent, trigger, f"{world.parent}/participants/", "a1", "participants/a1"])
+        )
+        return _bad_input(how, r, "event.author")
+    if how == "expected_last_sequence":
+        r.expected_last_sequence = draw(st.one_of(st.sampled_from([-1, INT64[0]]), st.integers(INT64[0], -1)))
+        return _bad_input(how, r, "expected_last_sequence")
+    if how == "invocation_id":
+        r.event.invocation_id = draw(st.sampled_from(["x", "é", "😀"])) * draw(st.integers(129, 300))
+        return _bad_input(how, r, "event.invocation_id")
+    if how == "label key":
+        key = draw(st.sampled_from(_BAD_LABEL_KEYS))
+        r.event.labels.clear()
+        r.event.labels[key] = "v"
+        return _bad_input(how, r, f"event.labels[{key!r}]")
+    if how == "event_time":
+        seconds = draw(st.sampled_from([MIN_SECONDS - 1, MAX_SECONDS + 1, INT64[0], INT64[1]]))
+        r.event.event_time.CopyFrom(timestamp_pb2.Timestamp(seconds=seconds))
+        return _bad_input(how, r, "event.event_time")
+    if how == "request_id":
+        r.request_id = draw(st.sampled_from(["nope", "12345", "not-a-uuid", "00000000-0000-4000-8000"]))
+        return _bad_input(how, r, "request_id")
+    if how == "parent":  # by name, `parent` must be a session
+        r.parent = draw(
+            st.sampled_from([world.parent, f"{trigger}/events/e", f"{world.parent}/participants/a1"])
+        )
+        return _bad_input(how, r, "parent")
+    if how == "key parent":  # by key, `parent` must be a namespace
+        agents = list(world.agents) or [f"{world.parent}/participants/a"]
+        r.external_conversation.agent = agents[0]
+        r.external_conversation.conversation_id = "c-1"
+        return _bad_input(how, r, "parent")
+    if how == "author and author_key":
+        r.event.author = draw(_participants(world))
+        r.author_key.kind = participant_pb2.Participant.KIND_USER
+        r.author_key.external_id = "ext-1"
+        return _bad_input(how, r, "event.author")
+    if how == "no event":
+        r.ClearField("event")
+        return _bad_input(how, r, "event")
+    assert how == "template without key", how
+    r.session.display_name = "only for a key"
+    return _bad_input(how, r, "session")
+
+
+def _bad_session_parents(world: World) -> Strategy:
+    session = world.sessions[0] if world.sessions else f"{world.parent}/sessions/s"
+    return st.sampled_from(
+        [
+            "",
+            world.parent,
+            f"{world.parent}/participants/a1",
+            f"{session}/events/e",
+            f"{session}/",
+            session.upper(),
+            f"{world.parent}/sessions/Bad_Id",
+        ]
+    )
+
+
+_UNKNOWN_EVENT_FILTER_FIELDS = (
+    "kind",
+    "agent",
+    "user",
+    "channel",
+    "display_name",
+    "uid",
+    "name",
+    "content",
+    "state_delta",
+    "member",
+    "enabled",
+    "Sequence",
+)
+
+
+def _bad_event_filters() -> Strategy:
+    unknown = st.builds(
+        lambda field, value: f"{field} = {value}",
+        st.sampled_from(_UNKNOWN_EVENT_FILTER_FIELDS),
+        st.sampled_from(['"x"', "1", "true"]),
+    )
+    not_integers = st.builds(
+        "sequence {} {}".format,
+        st.sampled_from(["=", ">", "<="]),
+        st.sampled_from(
+            ["x", "1.5", "1e3", "0x10", str(INT64[1] + 1), str(INT64[0] - 1), "2024-01-01T00:00:00Z"]
+        ),
+    )
+    syntax = st.sampled_from(
+        ["sequence >", "(sequence > 1", "sequence > 1)", "AND", "sequence == 1", "sequence ~ 1"]
+    )
+    return st.one_of(unknown, not_integers, syntax)
+
+
+LIST_EVENTS_DEFECTS = (
+    "filter",
+    "order_by",
+    "forged token",
+    "foreign token",
+    "page_size",
+    "parent",
+    "missing",
+)
+_BAD_EVENT_ORDERS = (
+    "create_time",
+    "event_time desc",
+    "sequence sideways",
+    "sequence asc desc",
+    "sequence, sequence",
+    "sequence desc,",
+    "Sequence",
+    "name",
+    ",",
+    "sequence " + "x" * 600,
+)
+
+
+@st.composite
+def _defective_list_events(draw: st.DrawFn, world: World, how: str) -> Defective:
+    parent = world.sessions[0] if world.sessions else f"{world.parent}/sessions/s"
+    order_by = draw(st.sampled_from(sorted(_EVENT_ORDERS)))
+    fields: dict[str, Any] = {"parent": parent, "order_by": order_by, "page_size": draw(page_sizes)}
+
+    def bad(field: str, value: object, reason: str = "INVALID_ARGUMENT") -> Defective:
+        return _bad_input(how, pb.ListEventsRequest(**{**fields, field: value}), field, reason=reason)
+
+    if how == "filter":
+        return bad("filter", draw(_bad_event_filters()), "INVALID_FILTER")
+    if how == "order_by":
+        return bad("order_by", draw(st.sampled_from(_BAD_EVENT_ORDERS)), "INVALID_ORDER_BY")
+    if how == "forged token":  # the right fingerprint, a cursor that is no int64
+        cursor = draw(st.sampled_from(BAD_INTEGER_CURSORS))
+        return bad(
+            "page_token",
+            forge_page_token([parent, "", _EVENT_ORDERS[order_by]], [cursor]),
+            "INVALID_PAGE_TOKEN",
+        )
+    if how == "foreign token":  # a well-formed token of other parameters: filter, order or parent
+        flipped = "sequence asc" if order_by == "sequence desc" else "sequence desc"
+        binding = draw(
+            st.sampled_from(
+                [
+                    [parent, "sequence > 0", _EVENT_ORDERS[order_by]],
+                    [parent, "", flipped],
+                    [world.sessions[-1] if world.sessions else world.parent, "", _EVENT_ORDERS[order_by]],
+                ]
+            )
+        )
+        token = forge_page_token(binding, [draw(st.sampled_from(GOOD_INTEGER_CURSORS))])
+        return bad("page_token", token, "INVALID_PAGE_TOKEN")
+    if how == "page_size":
+        return bad("page_size", draw(st.one_of(st.just(-1), st.integers(INT32[0], -1))), "INVALID_PAGE_SIZE")
+    if how == "parent":
+        return bad("parent", draw(_bad_session_parents(world)))
+    missing = f"{world.parent}/sessions/missing-{draw(st.sampled_from(['1', '2']))}"
+    request = pb.ListEventsRequest(**{**fields, "parent": missing})
+    return Defective(how, request, "NOT_FOUND", "SESSION_NOT_FOUND", resource=missing)
+
+
+def _bad_event_names(world: World) -> Strategy:
+    session = world.sessions[0] if world.sessions else f"{world.parent}/sessions/s"
+    event = world.events[0] if world.events else f"{session}/events/e"
+    return st.sampled_from(
+        [
+            "",
+            session,
+            f"{session}/events",
+            f"{session}/events/",
+            f"{session}/events/Bad_Id",
+            f"{session}/members/a1",
+            f"{event}/",
+            f"{event}/events/e",
+            " " + event,
+            event.upper(),
+            f"{world.parent}/events/e",
+        ]
+    )
+
+
+@st.composite
+def _defective_by_event_name(draw: st.DrawFn, world: World, cls: Any, how: str) -> Defective:
+    if how == "name":
+        return _bad_input("name", cls(name=draw(_bad_event_names(world))), "name")
+    session = draw(st.sampled_from([*world.sessions, f"{world.parent}/sessions/missing"]))
+    missing = f"{session}/events/missing-{draw(st.sampled_from(['1', '2']))}"
+    return Defective("missing", cls(name=missing), "NOT_FOUND", "EVENT_NOT_FOUND", resource=missing)
+
+
+@st.composite
+def _defective_purge_events(draw: st.DrawFn, world: World, how: str) -> Defective:
+    parent = world.sessions[0] if world.sessions else f"{world.parent}/sessions/s"
+    force = draw(st.booleans())
+    if how == "no filter":
+        return _bad_input(how, pb.PurgeEventsRequest(parent=parent, force=force), "filter")
+    if how == "filter":
+        request = pb.PurgeEventsRequest(parent=parent, filter=draw(_bad_event_filters()), force=force)
+        return _bad_input(how, request, "filter", reason="INVALID_FILTER")
+    if how == "parent":
+        bad_parent = draw(_bad_session_parents(world).filter(bool))
+        return _bad_input(how, pb.PurgeEventsRequest(parent=bad_parent, filter="*", force=force), "parent")
+    missing = f"{world.parent}/sessions/missing-{draw(st.sampled_from(['1', '2']))}"
+    request = pb.PurgeEventsRequest(parent=missing, filter="*", force=force)
+    return Defective(how, request, "NOT_FOUND", "SESSION_NOT_FOUND", resource=missing)
+
+
+DEFECTS: dict[str, tuple[str, ...]] = {
+    "AppendEvent": APPEND_DEFECTS,
+    "GetEvent": ("name", "missing"),
+    "ListEvents": LIST_EVENTS_DEFECTS,
+    "DeleteEvent": ("name", "missing"),
+    "PurgeEvents": ("no filter", "filter", "parent", "missing"),
+}
+_DEFECTIVE: dict[str, Callable[[World, str], Strategy]] = {
+    "AppendEvent": _defective_append,
+    "GetEvent": lambda w, how: _defective_by_event_name(w, pb.GetEventRequest, how),
+    "ListEvents": _defective_list_events,
+    "DeleteEvent": lambda w, how: _defective_by_event_name(w, pb.DeleteEventRequest, how),
+    "PurgeEvents": _defective_purge_events,
+}
+
+
+def defective(method: str, defect: str, world: World) -> Strategy:
+    """Requests for ``method`` with the one defect ``defect`` (one of ``DEFECTS[method]``)."""
+    assert defect in DEFECTS[method], (method, defect)
+    return _DEFECTIVE[method](world, defect)
