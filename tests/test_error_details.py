@@ -1,10 +1,12 @@
 """Error details that must not mislead (issue 9): one reason per rule, violations that name
 only the field at fault, hints with the right name pattern, grammatical messages, and a
-FindOrCreateSession that never answers a session its template contradicts."""
+FindOrCreateSession that never answers a session its template contradicts. The event RPCs
+too: AppendEvent's session key and author, its refusals, and the event name hints."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from tether.client import (
     AgentPair,
     AsyncSessionsClient,
+    Event,
     ExternalConversation,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -288,3 +291,164 @@ async def test_concurrent_contradicting_templates_never_get_another_kind(
             assert result.metadata["resource_name"] in sessions
         else:
             assert result.session.kind == template.kind
+
+
+# --- AppendEvent: the session key and the author -----------------------------------------------
+
+
+def _by_key(client: SessionsClient, rpc: str) -> Any:
+    """FindOrCreateSession, or AppendEvent by key (which takes the key exactly as it does)."""
+    if rpc == "find_or_create_session":
+        return client.find_or_create_session
+    return lambda **key: client.append_event(event=Event(), **key)
+
+
+@pytest.mark.parametrize("rpc", ["append_event", "find_or_create_session"])
+def test_a_bad_session_key_is_named_as_the_caller_wrote_it(
+    client: SessionsClient, parent: str, other_parent: str, rpc: str
+) -> None:
+    """A key's fault is named at the key's field (`external_conversation.agent`, ...), once: not at
+    a field of the template the caller never set (`session.agent`)."""
+    agent, user = _participant(client, parent, AGENT), _participant(client, parent, USER)
+    foreign, missing = _participant(client, other_parent, AGENT), f"{parent}/participants/nobody"
+
+    def conversation(agent: str, channel: str = "") -> dict[str, Any]:
+        return {
+            "external_conversation": ExternalConversation(agent=agent, channel=channel, conversation_id="c")
+        }
+
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "an agent of another namespace": (conversation(foreign), "external_conversation.agent"),
+        "a USER as the agent": (conversation(user), "external_conversation.agent"),
+        "a missing agent": (conversation(missing), "external_conversation.agent"),
+        "a bad channel": (conversation(agent, "SLACK"), "external_conversation.channel"),
+        "no peer_agent": ({"agent_pair": AgentPair(agent=agent)}, "agent_pair.peer_agent"),
+        "one agent twice": (
+            {"agent_pair": AgentPair(agent=agent, peer_agent=agent)},
+            "agent_pair.peer_agent",
+        ),
+    }
+    wrong = []
+    for what, (key, field) in cases.items():
+        with pytest.raises(TetherError) as info:
+            _by_key(client, rpc)(parent=parent, **key)
+        error = info.value
+        named = [v.field for v in error.violations] or [error.metadata.get("field", "")]
+        if named != [field]:
+            wrong.append(f"{what}: {error.code.name} {error.reason} names {named}, not [{field!r}]")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_event_name_hints_show_the_right_patterns(client: SessionsClient, parent: str) -> None:
+    agent = _participant(client, parent, AGENT)
+    session = client.create_session(parent=parent, session=Session(kind=TRIGGER, agent=agent)).name
+    event_pattern = "namespaces/{namespace}/sessions/{session}/events/{event}"
+    session_pattern = "namespaces/{namespace}/sessions/{session}"
+    cases: list[tuple[Any, str, str]] = [
+        (lambda: client.get_event(name=session), "name", event_pattern),
+        (lambda: client.delete_event(name=f"{session}/events"), "name", event_pattern),
+        (lambda: client.list_events_page(parent=f"{session}/events/e"), "parent", session_pattern),
+        (lambda: client.purge_events(parent=parent, filter="*"), "parent", session_pattern),
+        (lambda: client.append_event(parent=parent, event=Event()), "parent", session_pattern),
+        (
+            lambda: client.append_event(
+                parent=session,
+                external_conversation=ExternalConversation(agent=agent, conversation_id="c"),
+                event=Event(),
+            ),
+            "parent",
+            "form namespaces/{namespace},",
+        ),
+        (
+            lambda: client.append_event(parent=session, event=Event(author="bogus")),
+            "event.author",
+            f"{parent}/participants/{{participant}}",
+        ),
+    ]
+    for call, field, pattern in cases:
+        with pytest.raises(InvalidArgumentError) as info:
+            call()
+        hints = {v.field: v.description for v in info.value.violations}
+        assert list(hints) == [field], _text(info.value)
+        assert pattern in hints[field], _text(info.value)
+        assert "namespaces//" not in _text(info.value)
+
+
+def test_no_event_name_hint_has_an_empty_segment(client: SessionsClient) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: client.get_event(name="namespaces//sessions/s/events/e"),
+        lambda: client.append_event(parent="nonsense", event=Event(author="bogus")),
+        lambda: client.append_event(
+            parent="namespaces/",
+            external_conversation=ExternalConversation(agent="a", conversation_id="c"),
+            event=Event(),
+        ),
+        lambda: client.list_events_page(parent="namespaces//sessions/s"),
+        lambda: client.purge_events(parent="x", filter="*"),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidArgumentError) as info:
+            call()
+        text = _text(info.value).replace("'namespaces//sessions/s", "")  # the caller's own input
+        assert "namespaces//" not in text, text
+
+
+def test_append_refusals_name_what_is_at_fault(client: SessionsClient, parent: str) -> None:
+    """Each refusal of an append has its own reason and names the resource at fault."""
+    agent, user, stranger = (_participant(client, parent, k) for k in (AGENT, USER, USER))
+    direct = client.create_session(parent=parent, session=Session(kind=DIRECT, agent=agent, user=user)).name
+    first = client.append_event(parent=direct, event_id="first", event=Event(author=user)).event
+    refusals: list[tuple[Any, str, dict[str, str]]] = [
+        (
+            lambda: client.append_event(parent=direct, event=Event(author=stranger)),
+            Reason.NOT_A_MEMBER,
+            {"resource_name": stranger, "session": direct},
+        ),
+        (
+            lambda: client.append_event(parent=direct, event_id="first", event=Event()),
+            Reason.EVENT_ALREADY_EXISTS,
+            {"resource_name": first.name},
+        ),
+        (
+            lambda: client.append_event(parent=direct, event=Event(), expected_last_sequence=0),
+            Reason.STALE_SEQUENCE,
+            {"resource_name": direct, "last_sequence": "1"},
+        ),
+    ]
+    key = ExternalConversation(agent=agent, channel="slack", conversation_id="C1")
+    group = client.append_event(parent=parent, external_conversation=key, event=Event()).session.name
+    refusals.append(
+        (
+            lambda: client.append_event(
+                parent=parent,
+                external_conversation=key,
+                session=Session(kind=DIRECT, user=user),
+                event=Event(),
+            ),
+            Reason.TEMPLATE_MISMATCH,
+            {"resource_name": group, "fields": "session.kind,session.user"},
+        )
+    )
+    for call, reason, metadata in refusals:
+        with pytest.raises(TetherError) as info:
+            call()
+        assert (info.value.reason, info.value.metadata) == (reason, metadata), _text(info.value)
+
+    def refused(call: Callable[[], object], reason: str, resource: str) -> None:
+        with pytest.raises(FailedPreconditionError) as caught:
+            call()
+        got = (caught.value.reason, caught.value.metadata.get("resource_name"))
+        assert got == (reason, resource), _text(caught.value)
+
+    client.delete_participant(name=stranger)
+    refused(
+        lambda: client.append_event(parent=group, event=Event(author=stranger)),
+        Reason.PARTICIPANT_DELETED,
+        stranger,
+    )
+    client.update_session(session=Session(name=group, enabled=False))
+    refused(lambda: client.append_event(parent=group, event=Event()), Reason.SESSION_DISABLED, group)
+    client.delete_session(name=direct)
+    refused(lambda: client.append_event(parent=direct, event=Event()), Reason.SESSION_DELETED, direct)
+    refused(lambda: client.delete_event(name=first.name), Reason.SESSION_DELETED, direct)
+    assert client.get_event(name=first.name) == first  # a deleted session's events stay readable
