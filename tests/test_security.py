@@ -42,6 +42,7 @@ from tether.client import (
     SessionsClient,
     TetherError,
 )
+from tether.v1 import session_service_pb2
 
 OWN = "acme"
 OTHER = "globex"
@@ -280,6 +281,14 @@ def expected(secured: Secured, probe: Probe, role: str, family: str, world: Worl
     if RANK[role] < RANK[FAMILY_ROLE[family]]:
         return "PERMISSION_DENIED", "PERMISSION_DENIED", ""
     return probe.allowed
+
+
+def test_the_matrix_probes_every_rpc() -> None:
+    """Every unary RPC of the service has a probe (a new RPC must get one); WatchSessions, a stream,
+    is not in the matrix."""
+    rpcs = {m.name for m in session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].methods}
+    probed = {probe.method for probes in PROBES.values() for probe in probes}
+    assert probed == rpcs - {"WatchSessions"}
 
 
 @pytest.mark.parametrize("scope", ["own", "other"])
