@@ -96,7 +96,7 @@ def test_agent_pair_is_unordered(client: SessionsClient, parent: str, agent: str
     assert ba.created is False
     assert ba.session.name == ab.session.name
     with expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["session.peer_agent"]
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["agent_pair.peer_agent"]
     ):
         client.find_or_create_session(parent=parent, agent_pair=AgentPair(agent=agent, peer_agent=agent))
 

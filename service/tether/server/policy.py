@@ -179,7 +179,7 @@ def audited_resource(method: str, request: Message, response: Message | None) ->
     if not isinstance(request, Message):  # bytes that did not decode
         return ""
     if response is not None:
-        for holder in (response, *_sub_messages(response, ("session", "participant"))):
+        for holder in (response, *_sub_messages(response, ("event", "session", "participant"))):
             name = getattr(holder, "name", "")
             if isinstance(name, str) and name:
                 return name

@@ -422,7 +422,10 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         v.request_id("request_id", request.request_id)
         template = session_rules.template_for_key(request, namespace, v)
         _check_may_set_managed(template.managed, "session.managed")
-        new = session_rules.new_session(namespace, names.new_id(), template, "session", v, auto_created=True)
+        paths = session_rules.key_paths(request)
+        new = session_rules.new_session(
+            namespace, names.new_id(), template, "session", v, auto_created=True, key_paths=paths
+        )
         v.check()
         values = new.values
         fixed = session_rules.template_fixed(request, values)
@@ -550,7 +553,10 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         if user_from_author:
             template.user = author or ""
         _check_may_set_managed(template.managed, "session.managed")
-        new = session_rules.new_session(namespace, names.new_id(), template, "session", v, auto_created=True)
+        paths = session_rules.key_paths(find)
+        new = session_rules.new_session(
+            namespace, names.new_id(), template, "session", v, auto_created=True, key_paths=paths
+        )
         fixed = session_rules.template_fixed(find, new.values)
         return event_db.SessionKey(
             _key_target(find, namespace, new.values), new.values, new.refs, fixed, user_from_author

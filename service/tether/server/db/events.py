@@ -349,7 +349,7 @@ def _append_in(conn: Connection, plan: Append) -> Appended:
         author = _author_in(conn, plan, result)
     _check_appendable(session, plan)
     joins = False
-    if author is not None and not _is_member(conn, session, author):
+    if author is not None and not _is_member(conn, session, author, _author_field(plan)):
         _check_may_join(conn, session, author, plan)
         joins = True
     updated = conn.execute(
@@ -414,7 +414,7 @@ def _author_in(conn: Connection, plan: Append, result: Appended) -> str | None:
         author = plan.author
     else:
         return None
-    ref = session_db.ParticipantRef("event.author", author, kind=0)
+    ref = session_db.ParticipantRef(_author_field(plan), author, kind=0)
     session_db.check_participants_in(conn, plan.namespace, [ref])
     return author
 
@@ -432,7 +432,12 @@ def _check_appendable(session: Row, plan: Append) -> None:
         )
 
 
-def _is_member(conn: Connection, session: Row, author: str) -> bool:
+def _author_field(plan: Append) -> str:
+    """The request field the author came from, for messages."""
+    return "author_key" if plan.author_key is not None else "event.author"
+
+
+def _is_member(conn: Connection, session: Row, author: str, field: str) -> bool:
     stmt = select(members.c.participant).where(
         members.c.namespace == session["namespace"],
         members.c.session == session["session"],
@@ -447,7 +452,7 @@ def _is_member(conn: Connection, session: Row, author: str) -> bool:
     kind = session_pb2.Session.Kind.Name(session["kind"]).removeprefix("KIND_")
     raise errors.ApiError(
         Reason.NOT_A_MEMBER,
-        f"event.author: {author_name!r} is not a member of the {kind} session {name!r}; "
+        f"{field}: {author_name!r} is not a member of the {kind} session {name!r}; "
         "only GROUP and TRIGGER sessions take new members by AppendEvent (use AddMember)",
         metadata={"resource_name": author_name, "session": name},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -93,7 +94,10 @@ def participant_id(value: str, namespace: str, path: str, v: Violations) -> str 
     return ref.participant
 
 
-def _check_mutable(s: Session, path: str, v: Violations, fields: frozenset[str]) -> None:
+def _check_mutable(
+    s: Session, path: str, v: Violations, fields: frozenset[str], field: Callable[[str], str] | None = None
+) -> None:
+    name = field or (lambda column: f"{path}.{column}")
     if "display_name" in fields:
         v.text(f"{path}.display_name", s.display_name, MAX_DISPLAY_NAME)
     if "description" in fields:
@@ -101,9 +105,9 @@ def _check_mutable(s: Session, path: str, v: Violations, fields: frozenset[str])
     if "group_name" in fields:
         v.text(f"{path}.group_name", s.group_name, MAX_DISPLAY_NAME)
     if "channel" in fields:
-        v.channel(f"{path}.channel", s.channel)
+        v.channel(name("channel"), s.channel)
     if "external_conversation_id" in fields:
-        v.text(f"{path}.external_conversation_id", s.external_conversation_id, MAX_EXTERNAL_ID)
+        v.text(name("external_conversation_id"), s.external_conversation_id, MAX_EXTERNAL_ID)
     if "labels" in fields:
         v.labels(f"{path}.labels", s.labels)
     if "session_state" in fields and s.HasField("session_state"):
@@ -159,21 +163,28 @@ def mutable_values(s: Session, fields: frozenset[str], now: datetime) -> dict[st
 
 
 def _check_kind_rules(
-    kind: int, agent: str | None, user: str | None, peer: str | None, s: Session, path: str, v: Violations
+    kind: int,
+    agent: str | None,
+    user: str | None,
+    peer: str | None,
+    s: Session,
+    path: str,
+    v: Violations,
+    field: Callable[[str], str],
 ) -> None:
     if kind == Session.KIND_DIRECT:
         if not s.user:
-            v.add(f"{path}.user", "required for a DIRECT session")
+            v.add(field("user"), "required for a DIRECT session")
     elif s.user:
-        v.add(f"{path}.user", f"must be empty for {with_article(KINDS.get(kind, 'non-DIRECT'))} session")
+        v.add(field("user"), f"must be empty for {with_article(KINDS.get(kind, 'non-DIRECT'))} session")
     if kind == Session.KIND_AGENT_TO_AGENT:
         if not s.peer_agent:
-            v.add(f"{path}.peer_agent", "required for an AGENT_TO_AGENT session")
+            v.add(field("peer_agent"), "required for an AGENT_TO_AGENT session")
         elif peer is not None and peer == agent:
-            v.add(f"{path}.peer_agent", "must differ from agent")
+            v.add(field("peer_agent"), "must differ from agent")
     elif s.peer_agent:
         v.add(
-            f"{path}.peer_agent",
+            field("peer_agent"),
             f"must be empty for {with_article(KINDS.get(kind, 'non-AGENT_TO_AGENT'))} session",
         )
     if s.group_name and kind != Session.KIND_GROUP:
@@ -181,17 +192,42 @@ def _check_kind_rules(
 
 
 def new_session(
-    namespace: str, session_id: str, s: Session, path: str, v: Violations, *, auto_created: bool = False
+    namespace: str,
+    session_id: str,
+    s: Session,
+    path: str,
+    v: Violations,
+    *,
+    auto_created: bool = False,
+    key_paths: Mapping[str, str] | None = None,
 ) -> NewSession:
-    """Validate a session to create (raising every violation in `v` so far) and build its row."""
+    """Validate a session to create (raising every violation in `v` so far) and build its row.
+
+    `key_paths`: the fields a find-or-create key filled in, and the request field each came
+    from, so a fault of the key is named as the caller wrote it (and once)."""
+    key_paths = key_paths or {}
+    first_new = len(v.items)
+
+    def field(name: str) -> str:
+        return key_paths.get(name, f"{path}.{name}")
+
     v.enum(f"{path}.kind", s.kind, KINDS)
     if not s.agent:
-        v.add(f"{path}.agent", "required")
-    agent = participant_id(s.agent, namespace, f"{path}.agent", v)
-    user = participant_id(s.user, namespace, f"{path}.user", v)
-    peer = participant_id(s.peer_agent, namespace, f"{path}.peer_agent", v)
-    _check_kind_rules(s.kind, agent, user, peer, s, path, v)
-    _check_mutable(s, path, v, RULES.mutable)
+        v.add(field("agent"), "required")
+    agent = participant_id(s.agent, namespace, field("agent"), v)
+    user = participant_id(s.user, namespace, field("user"), v)
+    peer = participant_id(s.peer_agent, namespace, field("peer_agent"), v)
+    _check_kind_rules(s.kind, agent, user, peer, s, path, v, field)
+    _check_mutable(s, path, v, RULES.mutable, field)
+    # A fault of the key is named once (the key's own checks may have named it already).
+    kept = v.items[:first_new]
+    seen = {item.field for item in kept}
+    for item in v.items[first_new:]:
+        if item.field in key_paths.values() and item.field in seen:
+            continue
+        kept.append(item)
+        seen.add(item.field)
+    v.items = kept
     v.check()
     now = utcnow()
     values = {
@@ -210,11 +246,11 @@ def new_session(
         "member_count": 1 + (user is not None) + (peer is not None),
         **mutable_values(s, RULES.mutable - {"ttl"}, now),
     }
-    refs = [ParticipantRef(f"{path}.agent", agent, AGENT)] if agent else []
+    refs = [ParticipantRef(field("agent"), agent, AGENT)] if agent else []
     if user:
-        refs.append(ParticipantRef(f"{path}.user", user, USER))
+        refs.append(ParticipantRef(field("user"), user, USER))
     if peer:
-        refs.append(ParticipantRef(f"{path}.peer_agent", peer, AGENT))
+        refs.append(ParticipantRef(field("peer_agent"), peer, AGENT))
     return NewSession(values, refs)
 
 
@@ -256,6 +292,17 @@ def template_for_key(
     else:
         v.add("key", "one of external_conversation or agent_pair is required")
     return template
+
+
+def key_paths(request: session_service_pb2.FindOrCreateSessionRequest) -> dict[str, str]:
+    """The session fields a find-or-create key fills, and the request field each comes from."""
+    if request.WhichOneof("key") == "agent_pair":
+        return {"agent": "agent_pair.agent", "peer_agent": "agent_pair.peer_agent"}
+    return {
+        "agent": "external_conversation.agent",
+        "channel": "external_conversation.channel",
+        "external_conversation_id": "external_conversation.conversation_id",
+    }
 
 
 # What a FindOrCreateSession template may fix that its key does not: a session the
