@@ -165,8 +165,10 @@ class Session(_message.Message):
     member_count: _builtins.int
     """Number of members of the session."""
     etag: _builtins.str
-    """Changes on every write of a field a caller writes, and on membership
-    changes (AIP-154), never on activity alone (RecordActivity). Send it back
+    """Changes on every write of a field a caller writes (also `session_state`
+    through an event's `state_delta`), and on membership changes (AIP-154),
+    never on activity alone (RecordActivity, or an event that leaves the
+    state as it was). Send it back
     in UpdateSession to make the update conditional (DeleteSession and
     UndeleteSession take it in the request); empty on input: an
     unconditional update.
