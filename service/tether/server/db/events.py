@@ -334,24 +334,66 @@ async def append(db: Database, plan: Append) -> Appended:
 _LOCKED = select(sessions).where(
     sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session")
 )
+# The session (locked on PostgreSQL), with what an append must know of its author: one read.
+_AUTHOR = participants.alias("author")
+_MEMBER = members.alias("member")
+_LOCKED_WITH_AUTHOR = (
+    select(
+        sessions,
+        _AUTHOR.c.participant.label("author_id"),
+        _AUTHOR.c.enabled.label("author_enabled"),
+        _AUTHOR.c.delete_time.label("author_delete_time"),
+        _AUTHOR.c.managed.label("author_managed"),
+        _MEMBER.c.participant.label("member_id"),
+    )
+    .select_from(
+        sessions.outerjoin(
+            _AUTHOR,
+            and_(_AUTHOR.c.namespace == sessions.c.namespace, _AUTHOR.c.participant == bindparam("p_author")),
+        ).outerjoin(
+            _MEMBER,
+            and_(
+                _MEMBER.c.namespace == sessions.c.namespace,
+                _MEMBER.c.session == sessions.c.session,
+                _MEMBER.c.participant == bindparam("p_author"),
+            ),
+        )
+    )
+    .where(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
+    .with_for_update(of=sessions)
+)
 
 
 def _append_in(conn: Connection, plan: Append) -> Appended:
-    idempotency_db.raise_if_taken(conn, plan.claim)  # a retry of a call that appended
+    """The append as one transaction: the author (found or created by key), the session
+    (found or created by key), then one locked read of the session with its author and
+    membership, the session's update, the event, the claim. A request id claimed before
+    fails the claim at the end, which rolls the whole append back (Replayed)."""
     result = Appended({}, {})
-    key = plan.session_key
-    if key is not None and key.user_from_author:
-        author = _author_in(conn, plan, result)  # first: a new DM's user
-        assert author is not None
-        session = _session_in(conn, plan, result, key.with_user(author))
-    else:
-        session = _session_in(conn, plan, result, key)
-        author = _author_in(conn, plan, result)
+    author = _author_in(conn, plan, result)
+    session_id = plan.session
+    if plan.session_key is not None:
+        key = plan.session_key
+        if key.user_from_author:
+            assert author is not None
+            key = key.with_user(author)  # a new DM's user is its author
+        session_id = _session_by_key_in(conn, key, result)
+    params = {"p_namespace": plan.namespace, "p_session": session_id, "p_author": author}
+    session: Row | None = conn.execute(_LOCKED_WITH_AUTHOR, params).mappings().first()
+    if session is None:
+        raise errors.not_found(Resource.SESSION, names.session_name(plan.namespace, session_id or ""))
+    if author is not None and (
+        session["author_id"] is None
+        or session["author_delete_time"] is not None
+        or not session["author_enabled"]
+    ):
+        ref = session_db.ParticipantRef(_author_field(plan), author, kind=0)
+        session_db.check_participants_in(conn, plan.namespace, [ref])  # says what is wrong with it
     _check_appendable(session, plan)
-    joins = False
-    if author is not None and not _is_member(conn, session, author, _author_field(plan)):
-        _check_may_join(conn, session, author, plan)
-        joins = True
+    joins = author is not None and session["member_id"] is None
+    if joins:
+        assert author is not None
+        _check_may_join(session, author, plan)
     updated = conn.execute(
         _session_update(conn, plan.delta is not None), _update_params(conn, plan, session, joins)
     )
@@ -376,46 +418,36 @@ def _append_in(conn: Connection, plan: Append) -> Appended:
         "sequence": row["last_sequence"],
         "author": author,
     }
-    inserted = conn.execute(events.insert().values(event).returning(events)).mappings().first()
-    assert inserted is not None
-    result.event, result.session = inserted, row
-    idempotency_db.record(conn, plan.claim, event_name(inserted), also_created=",".join(result.also_created))
+    conn.execute(events.insert(), event)  # every column given: the row is `event`
+    result.event, result.session = event, row
+    idempotency_db.record(conn, plan.claim, event_name(event), also_created=",".join(result.also_created))
     return result
 
 
-def _session_in(conn: Connection, plan: Append, result: Appended, key: SessionKey | None) -> Row:
-    """The target session, locked (PostgreSQL) until the transaction ends; found or created by key."""
-    session_id = plan.session
-    if key is not None:
-        found, created = session_db.find_or_create_in(
-            conn, key.target, key.values, key.refs, None, key.fixed, False
-        )
-        session_id = found["session"]
-        if created:
-            result.session_created = True
-            result.also_created.append("session_created")
-    params = {"p_namespace": plan.namespace, "p_session": session_id}
-    row: Row | None = conn.execute(_LOCKED.with_for_update(), params).mappings().first()
-    if row is None:
-        raise errors.not_found(Resource.SESSION, names.session_name(plan.namespace, session_id or ""))
-    return row
+def _session_by_key_in(conn: Connection, key: SessionKey, result: Appended) -> str:
+    """The id of the live session for the key, created if there is none."""
+    found, created = session_db.find_or_create_in(
+        conn, key.target, key.values, key.refs, None, key.fixed, False
+    )
+    if created:
+        result.session_created = True
+        result.also_created.append("session_created")
+    session: str = found["session"]
+    return session
 
 
 def _author_in(conn: Connection, plan: Append, result: Appended) -> str | None:
-    """The author's participant id (None: a system event): named, or found or created by key;
-    it must be live and enabled."""
-    if plan.author_key is not None:
-        found, created = participant_db.create_or_find_in(conn, plan.author_key.values, None)
+    """The author's participant id (None: a system event): named, or found (or created) by key."""
+    if plan.author_key is None:
+        return plan.author
+    values = plan.author_key.values
+    found = participant_db.lookup_in(conn, values, None)  # the common case: one read
+    if found is None:
+        found, created = participant_db.create_or_find_in(conn, values, None)
         if created:
             result.author_created = True
             result.also_created.append("author_created")
-        author: str = found["participant"]
-    elif plan.author:
-        author = plan.author
-    else:
-        return None
-    ref = session_db.ParticipantRef(_author_field(plan), author, kind=0)
-    session_db.check_participants_in(conn, plan.namespace, [ref])
+    author: str = found["participant"]
     return author
 
 
@@ -437,38 +469,26 @@ def _author_field(plan: Append) -> str:
     return "author_key" if plan.author_key is not None else "event.author"
 
 
-def _is_member(conn: Connection, session: Row, author: str, field: str) -> bool:
-    stmt = select(members.c.participant).where(
-        members.c.namespace == session["namespace"],
-        members.c.session == session["session"],
-        members.c.participant == author,
-    )
-    if conn.execute(stmt).first() is not None:
-        return True
-    if session["kind"] in JOINABLE_KINDS:
-        return False
-    author_name = names.participant_name(session["namespace"], author)
-    name = names.session_name(session["namespace"], session["session"])
-    kind = session_pb2.Session.Kind.Name(session["kind"]).removeprefix("KIND_")
-    raise errors.ApiError(
-        Reason.NOT_A_MEMBER,
-        f"{field}: {author_name!r} is not a member of the {kind} session {name!r}; "
-        "only GROUP and TRIGGER sessions take new members by AppendEvent (use AddMember)",
-        metadata={"resource_name": author_name, "session": name},
-    )
-
-
-def _check_may_join(conn: Connection, session: Row, author: str, plan: Append) -> None:
-    """Joining changes the membership: of a managed session or participant only by a system caller."""
+def _check_may_join(session: Row, author: str, plan: Append) -> None:
+    """An author who is not a member joins a GROUP or TRIGGER session (changing its membership:
+    of a managed session or participant only by a system caller); elsewhere NOT_A_MEMBER."""
+    namespace = session["namespace"]
+    author_name = names.participant_name(namespace, author)
+    name = names.session_name(namespace, session["session"])
+    if session["kind"] not in JOINABLE_KINDS:
+        kind = session_pb2.Session.Kind.Name(session["kind"]).removeprefix("KIND_")
+        raise errors.ApiError(
+            Reason.NOT_A_MEMBER,
+            f"{_author_field(plan)}: {author_name!r} is not a member of the {kind} session {name!r}; "
+            "only GROUP and TRIGGER sessions take new members by AppendEvent (use AddMember)",
+            metadata={"resource_name": author_name, "session": name},
+        )
     if plan.may_manage:
         return
     if session["managed"]:
-        raise managed_refused(names.session_name(session["namespace"], session["session"]))
-    stmt = select(participants.c.managed).where(
-        participants.c.namespace == plan.namespace, participants.c.participant == author
-    )
-    if conn.execute(stmt).scalar():
-        raise managed_refused(names.participant_name(plan.namespace, author))
+        raise managed_refused(name)
+    if session["author_managed"]:
+        raise managed_refused(author_name)
 
 
 def _merged_state(dialect: str) -> ColumnElement[Any]:

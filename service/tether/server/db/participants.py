@@ -151,7 +151,7 @@ _LOOKUP_SQL = (
 )
 
 
-def _lookup(conn: Connection, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
+def lookup_in(conn: Connection, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
     """The live participant with the key of `values`, with the call's claim joined."""
     params = {
         "p_namespace": values["namespace"],
@@ -164,7 +164,7 @@ def _lookup(conn: Connection, values: dict[str, Any], claim: idempotency_db.Clai
 
 
 async def _lookup_hot(db: Database, values: dict[str, Any], claim: idempotency_db.Claim | None) -> Row | None:
-    """`_lookup` as its hot SQL twin (PostgreSQL)."""
+    """`lookup_in` as its hot SQL twin (PostgreSQL)."""
     assert db.hot is not None
     joined = idempotency_db.claim_params(values["namespace"], claim)
     key = (values["namespace"], values["kind"], values["external_id"])
@@ -190,7 +190,7 @@ async def find_or_create(
     callers with one key all end with the same row. Finding writes nothing;
     creating claims the request id (if any) in the same transaction.
     """
-    found = await _lookup_hot(db, values, claim) if db.hot else await db.query(_lookup, values, claim)
+    found = await _lookup_hot(db, values, claim) if db.hot else await db.query(lookup_in, values, claim)
     if found is not None:
         return _found(found, claim)
     if db.hot is not None:
@@ -227,7 +227,7 @@ def create_or_find_in(
         idempotency_db.record(conn, claim, _name(values))
         return created, True
     # Another caller inserted it between our read and insert: read again.
-    found = _lookup(conn, values, claim)
+    found = lookup_in(conn, values, claim)
     if found is None:
         raise errors.ApiError(Reason.CONCURRENT_CHANGE, "participant changed concurrently; retry")
     return _found(found, claim)
