@@ -3,6 +3,7 @@ and count statements (pg_stat_statements, when available)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,13 @@ DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 NAMESPACE = "bench"
 AGENTS = 100
 USERS = 1000
+# Sessions e-0 .. e-<n-1> for the event cells: DIRECT, with their agent and user as
+# members (as CreateSession makes them), so either may author an event; EVENT_SESSIONS of
+# them from the start (what AppendEvent appends to), more when the events grow.
+EVENT_SESSIONS = 1000
+# Events seeded per session: a "last 20" page is always full.
+EVENTS_PER_SESSION = 100
+OWNER, MEMBER = 1, 2  # Member.Role
 
 
 def plain_dsn(url: str) -> str:
@@ -60,7 +68,8 @@ def migrate(url: str) -> None:
 
 
 async def seed_base(conn: Any) -> None:
-    """The namespace, AGENTS agents and USERS users."""
+    """The namespace, AGENTS agents and USERS users (each with its id as its external id,
+    for the AppendEvent cells' `author_key`)."""
     await conn.execute(
         "INSERT INTO namespaces (namespace, uid, display_name, labels, create_time, update_time)"
         " VALUES ($1, gen_random_uuid()::text, 'bench', '{}'::jsonb, now(), now())",
@@ -68,9 +77,10 @@ async def seed_base(conn: Any) -> None:
     )
     for prefix, kind, count in (("agent", 2, AGENTS), ("user", 1, USERS)):
         await conn.execute(
-            "INSERT INTO participants (namespace, participant, uid, kind, labels, create_time, update_time)"
-            " SELECT $1, $2 || '-' || i, gen_random_uuid()::text, $3, '{}'::jsonb, now(), now()"
-            " FROM generate_series(0, $4 - 1) AS i",
+            "INSERT INTO participants"
+            " (namespace, participant, uid, kind, external_id, labels, create_time, update_time)"
+            " SELECT $1, $2 || '-' || i, gen_random_uuid()::text, $3, $2 || '-' || i, '{}'::jsonb,"
+            " now(), now() FROM generate_series(0, $4 - 1) AS i",
             NAMESPACE,
             prefix,
             kind,
@@ -95,6 +105,100 @@ async def seed_sessions(conn: Any, start: int, stop: int) -> None:
         USERS,
     )
     await conn.execute("ANALYZE")
+
+
+async def seed_event_sessions(conn: Any, start: int, stop: int) -> None:
+    """Sessions e-<start>..e-<stop - 1>: DIRECT, conversation e-<i> of agent-<i % AGENTS> on
+    `web` with user-<i % USERS>, both members (the agent OWNER, the user MEMBER)."""
+    async with conn.transaction():
+        await conn.execute(
+            'INSERT INTO sessions (namespace, session, uid, kind, agent, "user", channel,'
+            " external_conversation_id, labels, create_time, update_time, last_activity_time, member_count)"
+            " SELECT $1, 'e-' || i, gen_random_uuid()::text, 1, 'agent-' || (i % $4), 'user-' || (i % $5),"
+            " 'web', 'e-' || i, '{}'::jsonb, now(), now(), now(), 2"
+            " FROM generate_series($2::int, $3::int - 1) AS i",
+            NAMESPACE,
+            start,
+            stop,
+            AGENTS,
+            USERS,
+        )
+        await conn.execute(
+            "INSERT INTO members (namespace, session, participant, role, join_time, update_time)"
+            " SELECT $1, 'e-' || i, m.participant, m.role, now(), now()"
+            " FROM generate_series($2::int, $3::int - 1) AS i CROSS JOIN LATERAL"
+            " (VALUES ('agent-' || (i % $4), $6::smallint), ('user-' || (i % $5), $7::smallint))"
+            " AS m (participant, role)",
+            NAMESPACE,
+            start,
+            stop,
+            AGENTS,
+            USERS,
+            OWNER,
+            MEMBER,
+        )
+
+
+async def seed_events(conn: Any, start: int, stop: int, per_session: int = EVENTS_PER_SESSION) -> None:
+    """`per_session` events in each of e-<start>..e-<stop - 1>, after the ones it has (its
+    sequences go on from its last_sequence), written into `events` with one INSERT ...
+    SELECT; then the sessions' last_sequence, event_count and last_activity_time as an
+    append would have left them, and `settle`. Small chat messages, the user's and the
+    agent's in turn; rows of the sessions interleaved (the n-th event of every session,
+    then the next), as a live service writes them, so that one session's events lie on
+    many pages, not on one.
+
+    The rows are consistent by construction (the sessions and authors exist), so where the
+    role may (a superuser: the throwaway cluster's `postgres`) the foreign-key triggers are
+    skipped for this transaction (`session_replication_role = replica`): the two checks
+    per row made the seeding several times slower."""
+    async with conn.transaction():
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            async with conn.transaction():  # a savepoint: a refused SET leaves the rest alone
+                await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            "INSERT INTO events (namespace, session, sequence, event, uid, author, invocation_id, branch,"
+            " labels, content, state_delta, event_time, create_time)"
+            " SELECT s.namespace, s.session, s.last_sequence + g.n, gen_random_uuid()::text,"
+            " gen_random_uuid()::text, CASE WHEN g.n % 2 = 1 THEN s.\"user\" ELSE s.agent END, '', '',"
+            " '{}'::jsonb, jsonb_build_object('role', CASE WHEN g.n % 2 = 1 THEN 'user' ELSE 'model' END,"
+            " 'parts', jsonb_build_array(jsonb_build_object('text',"
+            " 'message ' || g.n || ' of the conversation in session ' || s.session))), NULL, g.t, g.t"
+            " FROM (SELECT n, i, now() - ($4::int - n) * interval '1 second' AS t"
+            "       FROM generate_series(1, $4::int) AS n"
+            "       CROSS JOIN generate_series($2::int, $3::int - 1) AS i ORDER BY n, i) AS g"
+            " JOIN sessions s ON s.namespace = $1 AND s.session = 'e-' || g.i",
+            NAMESPACE,
+            start,
+            stop,
+            per_session,
+        )
+        await conn.execute(
+            "UPDATE sessions SET last_sequence = last_sequence + $4, event_count = event_count + $4,"
+            " last_activity_time = greatest(last_activity_time, now())"
+            " WHERE namespace = $1"
+            " AND session IN (SELECT 'e-' || i FROM generate_series($2::int, $3::int - 1) AS i)",
+            NAMESPACE,
+            start,
+            stop,
+            per_session,
+        )
+    await settle(conn, "events", "sessions")
+
+
+async def settle(conn: Any, *tables: str) -> None:
+    """VACUUM (ANALYZE) `tables`, then a CHECKPOINT where the role may: the next cells then
+    read the tables as a live service has them (hint bits set, visibility map, statistics,
+    dirty pages written) instead of competing with the autovacuum, the hint-bit writes and
+    the checkpoint that a bulk load of a million rows sets off."""
+    for table in tables:
+        await conn.execute(f"VACUUM (ANALYZE) {table}")
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("CHECKPOINT")
+
+
+async def count_events(conn: Any) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM events WHERE namespace = $1", NAMESPACE))
 
 
 async def deep_page_token(conn: Any, fraction: float) -> str:
