@@ -1,9 +1,21 @@
 """A Slack-style gateway written against `AsyncSessionsClient`, the workload of issue 10:
 100 conversations (60 DMs, 40 channels) of 20 users with one agent, messages in a seeded
-random order. Per message: find-or-create the sender, find-or-create the conversation's
-session (a DM is a DIRECT session of the sender, a channel a GROUP session), record
-activity, and in a channel add the sender as a member (the server answers ALREADY_EXISTS,
-reason MEMBER_ALREADY_EXISTS, when they already are one: tolerated, and counted apart).
+random order. One op is one incoming message, handled as a gateway does before it hands
+the message to the agent, in one of two ways:
+
+- `Gateway` (issue 11, the headline): one AppendEvent per message, the session by its
+  conversation key (`external_conversation`: agent, channel, conversation id; a DM is a
+  DIRECT session of its user, a channel a GROUP session) and the sender by
+  `author_key` (USER + the sender's Slack id). The first message of a conversation
+  creates the session, the first of a sender the participant, the first of a sender in
+  a channel adds them as a member: all in that one call. A DIRECT session's template
+  names its user, which a sender new to the gateway does not have yet, so a DM from a
+  sender the gateway has not seen before first finds or creates the sender (one call,
+  once per sender; then the gateway keeps the name, as a gateway would).
+- `MultiCallGateway` (issue 10's gateway, kept for comparison): per message
+  find-or-create the sender, find-or-create the conversation's session, record activity,
+  and in a channel add the sender as a member (the server answers ALREADY_EXISTS,
+  reason MEMBER_ALREADY_EXISTS, when they already are one: tolerated, and counted apart).
 """
 
 from __future__ import annotations
@@ -11,9 +23,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from google.protobuf import struct_pb2
+
 from tether.client import (
     AlreadyExistsError,
     AsyncSessionsClient,
+    AuthorKey,
+    Event,
     ExternalConversation,
     Member,
     Participant,
@@ -31,7 +47,16 @@ class Conversation:
     user: int  # a DM's one user; -1 for a channel
 
 
-class Gateway:
+def chat_message(text: str, role: str = "user") -> struct_pb2.Struct:
+    """An event's `content` as a chat framework shapes a message (ADK's Content)."""
+    content = struct_pb2.Struct()
+    content.update({"role": role, "parts": [{"text": text}]})
+    return content
+
+
+class _Workload:
+    """The conversations, users and seeded message order that both gateways share."""
+
     def __init__(
         self,
         parent: str,
@@ -44,7 +69,7 @@ class Gateway:
         seed: int = 10,
     ) -> None:
         self.parent = parent
-        self.prefix = prefix  # keeps ids of two runs on one database apart
+        self.prefix = prefix  # keeps ids of two runs (and of two gateways) on one database apart
         self.users = users
         self.conversations = [Conversation(f"{prefix}D{i:02d}", True, i % users) for i in range(dms)] + [
             Conversation(f"{prefix}C{i:02d}", False, -1) for i in range(channels)
@@ -57,7 +82,6 @@ class Gateway:
             self.messages.append((index, conversation.user if conversation.direct else rng.randrange(users)))
         self.agent = ""
         self.rpcs = 0  # calls sent
-        self.already_members = 0  # AddMember answered MEMBER_ALREADY_EXISTS (tolerated)
 
     def describe(self) -> str:
         dms = sum(1 for c in self.conversations if c.direct)
@@ -67,7 +91,7 @@ class Gateway:
         )
 
     def counts(self) -> dict[str, int]:
-        return {"rpcs": self.rpcs, "already_member": self.already_members}
+        return {"rpcs": self.rpcs}
 
     async def setup(self, client: AsyncSessionsClient) -> None:
         """The gateway's agent (found or created once, as a gateway does at start)."""
@@ -79,6 +103,75 @@ class Gateway:
         )
         self.agent = response.participant.name
 
+    def sender_id(self, sender: int) -> str:
+        return f"{self.prefix}U{sender:02d}"
+
+    def sender_template(self, sender: int) -> Participant:
+        return Participant(display_name=f"user {sender}")
+
+
+class Gateway(_Workload):
+    """One AppendEvent per message (see the module's docstring)."""
+
+    def __init__(self, parent: str, prefix: str, **kwargs: int) -> None:
+        super().__init__(parent, prefix, **kwargs)
+        self.user_names: dict[int, str] = {}  # sender -> participant name, once known
+        self.sessions_created = 0
+        self.authors_created = 0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "rpcs": self.rpcs,
+            "sessions_created": self.sessions_created,
+            "authors_created": self.authors_created,
+        }
+
+    async def message(self, client: AsyncSessionsClient, sequence: int) -> None:
+        index, sender = self.messages[sequence % len(self.messages)]
+        conversation = self.conversations[index]
+        if conversation.direct:
+            user = self.user_names.get(sender)
+            if user is None:
+                self.rpcs += 1
+                found = await client.find_or_create_participant(
+                    parent=self.parent,
+                    kind=Participant.KIND_USER,
+                    external_id=self.sender_id(sender),
+                    participant=self.sender_template(sender),
+                )
+                user = self.user_names[sender] = found.participant.name
+            template = Session(kind=Session.KIND_DIRECT, user=user)
+        else:
+            template = Session(kind=Session.KIND_GROUP, group_name=f"#{conversation.conversation_id}")
+        self.rpcs += 1
+        response = await client.append_event(
+            parent=self.parent,
+            external_conversation=ExternalConversation(
+                agent=self.agent, channel=CHANNEL, conversation_id=conversation.conversation_id
+            ),
+            session=template,
+            author_key=AuthorKey(
+                kind=Participant.KIND_USER,
+                external_id=self.sender_id(sender),
+                participant=self.sender_template(sender),
+            ),
+            event=Event(content=chat_message(f"message {sequence} in {conversation.conversation_id}")),
+        )
+        self.user_names.setdefault(sender, response.event.author)
+        self.sessions_created += response.session_created
+        self.authors_created += response.author_created
+
+
+class MultiCallGateway(_Workload):
+    """Issue 10's gateway: 3-4 calls per message (see the module's docstring)."""
+
+    def __init__(self, parent: str, prefix: str, **kwargs: int) -> None:
+        super().__init__(parent, prefix, **kwargs)
+        self.already_members = 0  # AddMember answered MEMBER_ALREADY_EXISTS (tolerated)
+
+    def counts(self) -> dict[str, int]:
+        return {"rpcs": self.rpcs, "already_member": self.already_members}
+
     async def message(self, client: AsyncSessionsClient, sequence: int) -> None:
         """One incoming message: what the gateway does before handing it to the agent."""
         index, sender = self.messages[sequence % len(self.messages)]
@@ -88,8 +181,8 @@ class Gateway:
             await client.find_or_create_participant(
                 parent=self.parent,
                 kind=Participant.KIND_USER,
-                external_id=f"{self.prefix}U{sender:02d}",
-                participant=Participant(display_name=f"user {sender}"),
+                external_id=self.sender_id(sender),
+                participant=self.sender_template(sender),
             )
         ).participant
         template = (
