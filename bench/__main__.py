@@ -51,16 +51,30 @@ from bench import cpu, sqlite
 from bench import database as db
 from bench.cluster import Cluster, find_bindir, free_port
 from bench.floor import SERVICE as FLOOR_SERVICE
-from bench.gateway import Gateway, MultiCallGateway
+from bench.gateway import Gateway, MultiCallGateway, chat_message
 from bench.load import CHANNEL_OPTIONS, Call, LoadGenerator, Measurement
-from tether.client import AsyncSessionsClient, ExternalConversation, Member, Session
-from tether.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
+from tether.client import (
+    AsyncSessionsClient,
+    AuthorKey,
+    Event,
+    ExternalConversation,
+    Member,
+    Participant,
+    Session,
+)
+from tether.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
 if TYPE_CHECKING:
     from tether.v1.session_service_pb2_grpc import SessionServiceAsyncStub
 
 ROOT = Path(__file__).resolve().parent.parent
 PARENT = f"namespaces/{db.NAMESPACE}"
+# An event's content, by sequence % 2 as `Bench.author` picks the author: a short chat
+# message (the agent's reply, the user's message).
+CHAT = (
+    chat_message("Sure: your order 1234 ships tomorrow; I will send the tracking link.", "model"),
+    chat_message("Hi, where is my order 1234? It was due yesterday.", "user"),
+)
 # Each stub and client cell's floor: the one statement the best possible handler would run.
 FLOOR_OF = {
     "GetSession": "SELECT",
@@ -68,13 +82,15 @@ FLOOR_OF = {
     "CreateSession": "INSERT",
     "FindOrCreateSession": "SELECT",
     "FindOrCreateSession hit": "SELECT",
+    "AppendEvent": "INSERT",
 }
 SCALE_GROUPS = ("scale", "scale client")
 GATEWAY_PG = "gateway (PostgreSQL)"
 GATEWAY_MULTI_PG = "gateway, 3-4 calls (PostgreSQL)"
 GATEWAY_SQLITE = "gateway (SQLite)"
 GATEWAYS = (GATEWAY_PG, GATEWAY_MULTI_PG, GATEWAY_SQLITE)
-# Issue 11's target: the one-call gateway against the INSERT floor.
+# Issue 11's targets: AppendEvent and the one-call gateway against the INSERT floor.
+APPEND_EVENT_RATIO = 0.5
 GATEWAY_RATIO = 0.4
 SQLITE_WRITERS = "64 writers: CreateSession + RecordActivity"
 # Issue 10's SQLite targets (the ratio column of the sqlite cells is measured / target).
@@ -244,6 +260,7 @@ class Bench:
         self.sqlite_path = sqlite_path
         self.run_id = secrets.token_hex(3)
         self.sessions = 0  # seeded sessions s-0 .. s-<sessions - 1>
+        self.event_sessions = 0  # seeded sessions e-0 .. e-<event_sessions - 1> (members: agent, user)
         self.deep_token = ""
         self.statements_note = ""
         self.cells: list[Cell] = []
@@ -299,6 +316,18 @@ class Bench:
             index = self.key(sequence)
             return f"agent-{index % db.AGENTS}", f"c-{index}"
         return "agent-0", f"n{self.run_id}-{sequence}"
+
+    def event_session(self, sequence: int) -> int:
+        """A pseudo-random index of the event sessions e-<i> (what AppendEvent appends to)."""
+        return (sequence * 2654435761) % self.event_sessions
+
+    @staticmethod
+    def author(index: int, sequence: int) -> tuple[Participant.Kind.ValueType, str]:
+        """(kind, participant id, which is also its external id) of the author of an event
+        in e-<index>: its user and its agent in turn, both members."""
+        if sequence % 2:
+            return Participant.KIND_USER, f"user-{index % db.USERS}"
+        return Participant.KIND_AGENT, f"agent-{index % db.AGENTS}"
 
     # ---- the calls: floor and raw stub -----------------------------------------------------
 
@@ -372,6 +401,17 @@ class Bench:
         request = session_service_pb2.AddMemberRequest(parent=session, member=member)
         return await self.stub(channel).AddMember(request)
 
+    async def append_event(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        """A chat message appended to an existing session by name, by an existing member
+        named in the event (the common path)."""
+        index = self.event_session(sequence)
+        _, author = self.author(index, sequence)
+        request = session_service_pb2.AppendEventRequest(
+            parent=f"{PARENT}/sessions/e-{index}",
+            event=event_pb2.Event(author=f"{PARENT}/participants/{author}", content=CHAT[sequence % 2]),
+        )
+        return await self.stub(channel).AppendEvent(request)
+
     async def mixed(self, channel: grpc.aio.Channel, sequence: int) -> object:
         """Per 20 calls: 8 RecordActivity, 5 GetSession, 4 FindOrCreateSession, 2 ListSessions
         (first page), 1 CreateSession."""
@@ -428,6 +468,30 @@ class Bench:
         session, participant = self.new_member(sequence)
         member = Member(participant=participant, role=Member.ROLE_MEMBER)
         return await self.client(channel).add_member(parent=session, member=member)
+
+    async def c_append_event(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        index = self.event_session(sequence)
+        _, author = self.author(index, sequence)
+        return await self.client(channel).append_event(
+            parent=f"{PARENT}/sessions/e-{index}",
+            event=Event(author=f"{PARENT}/participants/{author}", content=CHAT[sequence % 2]),
+        )
+
+    async def c_append_event_by_key(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        """The same append with the session by its conversation key (and the template a DM
+        gateway sends: DIRECT, its user) and the author by kind and external id: both
+        exist, so this too is the common path."""
+        index = self.event_session(sequence)
+        kind, author = self.author(index, sequence)
+        agent = f"{PARENT}/participants/agent-{index % db.AGENTS}"
+        key = ExternalConversation(agent=agent, channel="web", conversation_id=f"e-{index}")
+        return await self.client(channel).append_event(
+            parent=PARENT,
+            external_conversation=key,
+            session=Session(kind=Session.KIND_DIRECT, user=f"{PARENT}/participants/user-{index % db.USERS}"),
+            author_key=AuthorKey(kind=kind, external_id=author),
+            event=Event(content=CHAT[sequence % 2]),
+        )
 
     async def c_writes(self, channel: grpc.aio.Channel, sequence: int) -> object:
         """Half CreateSession, half RecordActivity."""
@@ -543,6 +607,8 @@ class Bench:
         )
         await db.seed_base(conn)
         await self.grow(conn, self.s.sizes[0])
+        await db.seed_event_sessions(conn, 0, db.EVENT_SESSIONS)
+        self.event_sessions = db.EVENT_SESSIONS
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
         tether_process, tether_target = start_tether(self.url, self.s.pool_size, self.s.workers)
         floor = LoadGenerator(floor_target, self.s.channels, floor_process.pid)
@@ -587,9 +653,12 @@ class Bench:
                 ("ListSessions first page", self.list_first, self.c_list_first),
                 ("ListSessions 90% deep", self.list_deep, None),
                 ("AddMember", self.add_member, self.c_add_member),
+                ("AppendEvent", self.append_event, self.c_append_event),  # issue 11's target: at 32
             ]
             for in_flight in self.s.in_flight:
                 for name, stub_call, client_call in cells:
+                    if name == "AppendEvent" and in_flight != 32:
+                        continue
                     if stub_call == self.list_deep:
                         await self.refresh_deep_token(conn)
                     await self.measure(tether, counters, "stub", name, stub_call, in_flight)
@@ -636,6 +705,8 @@ class Bench:
                     ("RecordActivity", self.c_record_activity),
                     ("CreateSession", self.c_create_session),
                     ("FindOrCreateSession hit", self.c_find_or_create_hit),
+                    ("AppendEvent", self.c_append_event),
+                    ("AppendEvent by key", self.c_append_event_by_key),
                 ):
                     await self.measure(tether, counters, "scale client", name, call, 1)
         finally:
@@ -658,10 +729,13 @@ class Bench:
             await self.wait_serving(gen)
             await self.open_clients(gen, target)
             await self.sqlite_gateway.setup(self.client(gen.channel))
+            # The SQLite file has the event sessions the PostgreSQL database had at the start.
+            assert self.event_sessions == db.EVENT_SESSIONS, "the sqlite cells run before the events grow"
             for name, call, in_flight in (
                 ("GetSession", self.c_get_session, 1),
                 ("CreateSession", self.c_create_session, 32),
                 ("RecordActivity", self.c_record_activity, 32),
+                ("AppendEvent", self.c_append_event, 32),
                 (SQLITE_WRITERS, self.c_writes, 64),
             ):
                 await self.measure(gen, None, "sqlite", name, call, in_flight)
@@ -759,7 +833,7 @@ class Bench:
                 versus(cell, floors[("Empty", cell.in_flight)].ops_per_s, "Empty ops/s")
             elif cell.name in GATEWAYS:
                 versus(cell, floors[("INSERT", cell.in_flight)].ops_per_s, "INSERT floor ops/s")
-            elif cell.group == "sqlite" and cell.name in ("CreateSession", "RecordActivity"):
+            elif cell.group == "sqlite" and cell.name in ("CreateSession", "RecordActivity", "AppendEvent"):
                 versus(cell, SQLITE_WRITES_PER_S, f"target {SQLITE_WRITES_PER_S:,.0f} ops/s")
             elif cell.group == "sqlite" and cell.name == "GetSession":
                 versus(cell, SQLITE_GET_P50_MS, f"target p50 {SQLITE_GET_P50_MS} ms", cell.p50_ms)
@@ -822,6 +896,20 @@ def targets(cells: Sequence[Cell]) -> str:
                     met(client.ratio >= need),
                 )
             )
+    client, stub = find(cells, "client", "AppendEvent", 32), find(cells, "stub", "AppendEvent", 32)
+    floor = find(cells, "floor", "INSERT", 32)
+    if client is not None and client.ratio is not None and floor is not None:
+        measured = f"{client.ratio:.2f} ({client.ops_per_s:,.0f} vs {floor.ops_per_s:,.0f} ops/s)"
+        if stub is not None and stub.ratio is not None:
+            measured += f"; stub {stub.ratio:.2f}"
+        rows.append(
+            (
+                f"AppendEvent by name (client, with request id) >= {APPEND_EVENT_RATIO:g} x INSERT floor",
+                32,
+                measured,
+                met(client.ratio >= APPEND_EVENT_RATIO and not client.errors),
+            )
+        )
     for group, name in (("gateway", GATEWAY_PG), ("sqlite", GATEWAY_SQLITE)):
         for in_flight in (1, 32):
             cell = find(cells, group, name, in_flight)
@@ -839,7 +927,7 @@ def targets(cells: Sequence[Cell]) -> str:
                     met(cell.ratio >= GATEWAY_RATIO and not cell.errors),
                 )
             )
-    for name in ("CreateSession", "RecordActivity"):
+    for name in ("CreateSession", "RecordActivity", "AppendEvent"):
         cell = find(cells, "sqlite", name, 32)
         if cell is not None:
             ok = cell.ops_per_s >= SQLITE_WRITES_PER_S and cell.p99_ms <= SQLITE_P99_MS and not cell.errors
@@ -857,7 +945,14 @@ def targets(cells: Sequence[Cell]) -> str:
     if cell is not None:
         ok = cell.p50_ms <= SQLITE_GET_P50_MS
         rows.append(("SQLite GetSession p50 <= 1.0 ms (client)", 1, f"{cell.p50_ms:.2f} ms", met(ok)))
-    for name in ("GetSession", "RecordActivity", "CreateSession", "FindOrCreateSession hit"):
+    for name in (
+        "GetSession",
+        "RecordActivity",
+        "CreateSession",
+        "FindOrCreateSession hit",
+        "AppendEvent",
+        "AppendEvent by key",
+    ):
         scale = [c for c in cells if c.group == "scale client" and c.name == name]
         if not scale:
             continue
