@@ -8,11 +8,12 @@ there, dropped at the end) and `--database-url` an existing empty database (kept
 
 Groups of cells: `floor` (one raw statement per call), `stub` (the raw generated stub, no
 request id), `client` (`tether.client.AsyncSessionsClient` as a caller uses it: its own
-channel per connection, its default deadline, retry policy and request ids), `mixed`
-(stub), `gateway` (a Slack-style gateway on the client, `bench.gateway`: one op is one
-message, one AppendEvent; and the same messages as 3-4 calls of the API before events),
-`sqlite` (through the client, one `tether serve` on an SQLite file), `scale` (stub) and
-`scale client` at each size.
+channel per connection, its default deadline, retry policy and request ids), `events`
+(ListEvents "last 20" through the client, at each size's count of events in the
+namespace), `mixed` (stub), `gateway` (a Slack-style gateway on the client,
+`bench.gateway`: one op is one message, one AppendEvent; and the same messages as 3-4
+calls of the API before events), `sqlite` (through the client, one `tether serve` on an
+SQLite file), `scale` (stub) and `scale client` at each size.
 
 With `--workers N` the tether server is `tether serve --workers N`: its CPU time and
 resident memory are those of the supervisor and all its worker processes, and the load
@@ -89,9 +90,13 @@ GATEWAY_PG = "gateway (PostgreSQL)"
 GATEWAY_MULTI_PG = "gateway, 3-4 calls (PostgreSQL)"
 GATEWAY_SQLITE = "gateway (SQLite)"
 GATEWAYS = (GATEWAY_PG, GATEWAY_MULTI_PG, GATEWAY_SQLITE)
-# Issue 11's targets: AppendEvent and the one-call gateway against the INSERT floor.
+# Issue 11's targets: AppendEvent and the one-call gateway against the INSERT floor,
+# ListEvents "last 20" at the largest count of events against the smallest.
 APPEND_EVENT_RATIO = 0.5
 GATEWAY_RATIO = 0.4
+LIST_EVENTS_GROWTH = 1.3
+EVENTS_GROUP = "events"
+LIST_EVENTS = "ListEvents last 20"
 SQLITE_WRITERS = "64 writers: CreateSession + RecordActivity"
 # Issue 10's SQLite targets (the ratio column of the sqlite cells is measured / target).
 SQLITE_WRITES_PER_S = 1000.0
@@ -120,7 +125,7 @@ class Settings:
 
 @dataclass(slots=True)
 class Cell:
-    group: str  # floor, stub, client, mixed, gateway, sqlite, scale, scale client
+    group: str  # floor, stub, client, events, mixed, gateway, sqlite, scale, scale client
     name: str
     in_flight: int
     sessions: int
@@ -261,6 +266,8 @@ class Bench:
         self.run_id = secrets.token_hex(3)
         self.sessions = 0  # seeded sessions s-0 .. s-<sessions - 1>
         self.event_sessions = 0  # seeded sessions e-0 .. e-<event_sessions - 1> (members: agent, user)
+        self.listed_sessions = 0  # e-0 .. e-<listed_sessions - 1> hold their seeded events
+        self.events = 0  # events in the namespace when they were last seeded
         self.deep_token = ""
         self.statements_note = ""
         self.cells: list[Cell] = []
@@ -493,6 +500,13 @@ class Bench:
             event=Event(content=CHAT[sequence % 2]),
         )
 
+    async def c_list_events(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        """The last 20 events of a pseudo-random session of those seeded with events."""
+        index = (sequence * 2654435761) % self.listed_sessions
+        return await self.client(channel).list_events_page(
+            parent=f"{PARENT}/sessions/e-{index}", newest_first=True, page_size=20
+        )
+
     async def c_writes(self, channel: grpc.aio.Channel, sequence: int) -> object:
         """Half CreateSession, half RecordActivity."""
         if sequence % 2:
@@ -594,6 +608,36 @@ class Bench:
         await self.refresh_deep_token(conn)
         print(f"seeded {size} sessions in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
+    async def grow_events(self, conn: Any, total: int) -> None:
+        """Seed events until the namespace holds about `total` (EVENTS_PER_SESSION in each of
+        e-0 .. e-<total / EVENTS_PER_SESSION - 1>, on top of any that cells appended), making
+        the event sessions that takes."""
+        started = time.perf_counter()
+        want = max(self.listed_sessions, total // db.EVENTS_PER_SESSION, 1)
+        if want > self.event_sessions:
+            await db.seed_event_sessions(conn, self.event_sessions, want)
+            self.event_sessions = want
+        await db.seed_events(conn, self.listed_sessions, want)
+        self.listed_sessions = want
+        self.events = await db.count_events(conn)
+        print(
+            f"seeded events: {self.events:,} in the namespace ({want:,} sessions with at least "
+            f"{db.EVENTS_PER_SESSION}) in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
+
+    async def measure_list_events(self, gen: LoadGenerator, counters: db.Counters) -> None:
+        """ListEvents "last 20" at 1 in flight, named by the events in the namespace; first a
+        look that the pages are what the cell claims (20 events, newest first)."""
+        page = await self.c_list_events(gen.channel, 1)
+        assert isinstance(page, session_service_pb2.ListEventsResponse)
+        sequences = [e.sequence for e in page.events]
+        if len(sequences) != 20 or sequences != sorted(sequences, reverse=True):
+            raise RuntimeError(f"ListEvents last 20: expected 20 events newest first, got {sequences}")
+        name = f"{LIST_EVENTS} ({self.events:,} events)"
+        cell = await self.measure(gen, counters, EVENTS_GROUP, name, self.c_list_events, 1)
+        cell.extra["events"] = self.events
+
     async def run(self) -> None:
         conn = await asyncpg.connect(self.dsn)
         counters = db.Counters(conn)
@@ -609,6 +653,7 @@ class Bench:
         await self.grow(conn, self.s.sizes[0])
         await db.seed_event_sessions(conn, 0, db.EVENT_SESSIONS)
         self.event_sessions = db.EVENT_SESSIONS
+        await self.grow_events(conn, self.s.sizes[0])
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
         tether_process, tether_target = start_tether(self.url, self.s.pool_size, self.s.workers)
         floor = LoadGenerator(floor_target, self.s.channels, floor_process.pid)
@@ -643,6 +688,8 @@ class Bench:
                 for method in ("Empty", "Select", "Update", "Insert"):
                     label = method if method == "Empty" else method.upper()
                     await self.measure(floor, counters, "floor", label, self.floor_call(method), in_flight)
+            # Before any cell appends: the namespace holds just the seeded events.
+            await self.measure_list_events(tether, counters)
             # Each method's stub cell, then at once its client cell: side by side in time.
             cells: list[tuple[str, Call, Call | None]] = [
                 ("GetSession", self.get_session, self.c_get_session),
@@ -692,6 +739,8 @@ class Bench:
             for index, size in enumerate(self.s.sizes):
                 if index:
                     await self.grow(conn, size)
+                    await self.grow_events(conn, size)
+                    await self.measure_list_events(tether, counters)
                 for name, call in (
                     ("GetSession", self.get_session),
                     ("ListSessions first page", self.list_first),
@@ -819,6 +868,7 @@ class Bench:
             for c in self.cells
             if c.group in SCALE_GROUPS and c.sessions == self.s.sizes[0]
         }
+        listed = sorted((c for c in self.cells if c.group == EVENTS_GROUP), key=lambda c: c.extra["events"])
 
         def versus(cell: Cell, base: float, label: str, value: float | None = None) -> None:
             cell.baseline = label
@@ -840,6 +890,8 @@ class Bench:
             elif cell.group in SCALE_GROUPS and cell.sessions != self.s.sizes[0]:
                 base = smallest[(cell.group, cell.name, cell.in_flight)]
                 versus(cell, base.p50_ms, f"p50 at {base.sessions:,} sessions", cell.p50_ms)
+            elif cell.group == EVENTS_GROUP and cell is not listed[0]:
+                versus(cell, listed[0].p50_ms, f"p50 at {listed[0].extra['events']:,} events", cell.p50_ms)
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -927,6 +979,18 @@ def targets(cells: Sequence[Cell]) -> str:
                     met(cell.ratio >= GATEWAY_RATIO and not cell.errors),
                 )
             )
+    listed = sorted((c for c in cells if c.group == EVENTS_GROUP), key=lambda c: c.extra["events"])
+    small, large = (listed[0], listed[-1]) if len(listed) > 1 else (None, None)
+    if small is not None and large is not None and large.ratio is not None:
+        rows.append(
+            (
+                f"{LIST_EVENTS} p50 at {large.extra['events']:,} events <= {LIST_EVENTS_GROWTH:g} x p50 at "
+                f"{small.extra['events']:,} (client)",
+                1,
+                f"{large.ratio:.2f} ({large.p50_ms:.2f} vs {small.p50_ms:.2f} ms)",
+                met(large.ratio <= LIST_EVENTS_GROWTH and not large.errors),
+            )
+        )
     for name in ("CreateSession", "RecordActivity", "AppendEvent"):
         cell = find(cells, "sqlite", name, 32)
         if cell is not None:
@@ -989,8 +1053,8 @@ def statements_report(cells: Sequence[Cell]) -> str:
 
 LEGEND = (
     "stub: raw generated stub, no request_id | client: tether.client.AsyncSessionsClient as a caller "
-    "uses it (its defaults; request ids on creating calls) | gateway: one op = one message through the "
-    "client, one AppendEvent by "
+    "uses it (its defaults; request ids on creating calls) | events: ListEvents, newest first, page of "
+    "20, through the client | gateway: one op = one message through the client, one AppendEvent by "
     "conversation key and author key (3-4 calls: find-or-create sender, find-or-create session, "
     "RecordActivity, AddMember in channels) | sqlite: through the client, one tether serve on an SQLite "
     "file | ratio: to 'ratio to'"
