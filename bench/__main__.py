@@ -9,8 +9,8 @@ there, dropped at the end) and `--database-url` an existing empty database (kept
 Groups of cells: `floor` (one raw statement per call), `stub` (the raw generated stub, no
 request id), `client` (`tether.client.AsyncSessionsClient` as a caller uses it: its own
 channel per connection, its default deadline, retry policy and request ids), `events`
-(ListEvents "last 20" through the client, at each size's count of events in the
-namespace), `mixed` (stub), `gateway` (a Slack-style gateway on the client,
+(ListEvents "last 20" through the client, at each size's count of events in a namespace
+of their own), `mixed` (stub), `gateway` (a Slack-style gateway on the client,
 `bench.gateway`: one op is one message, one AppendEvent; and the same messages as 3-4
 calls of the API before events), `sqlite` (through the client, one `tether serve` on an
 SQLite file), `scale` (stub) and `scale client` at each size.
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 PARENT = f"namespaces/{db.NAMESPACE}"
+EVENTS_PARENT = f"namespaces/{db.EVENTS_NAMESPACE}"
 # An event's content, by sequence % 2 as `Bench.author` picks the author: a short chat
 # message (the agent's reply, the user's message).
 CHAT = (
@@ -265,9 +266,12 @@ class Bench:
         self.sqlite_path = sqlite_path
         self.run_id = secrets.token_hex(3)
         self.sessions = 0  # seeded sessions s-0 .. s-<sessions - 1>
-        self.event_sessions = 0  # seeded sessions e-0 .. e-<event_sessions - 1> (members: agent, user)
-        self.listed_sessions = 0  # e-0 .. e-<listed_sessions - 1> hold their seeded events
-        self.events = 0  # events in the namespace when they were last seeded
+        # Seeded sessions e-0 .. e-<event_sessions - 1> of NAMESPACE, with their agent and user as
+        # members (the SQLite file has as many).
+        self.event_sessions = 0
+        # EVENTS_NAMESPACE: sessions e-0 .. e-<listed_sessions - 1>, EVENTS_PER_SESSION events each.
+        self.listed_sessions = 0
+        self.events = 0  # events in EVENTS_NAMESPACE
         self.deep_token = ""
         self.statements_note = ""
         self.cells: list[Cell] = []
@@ -501,10 +505,10 @@ class Bench:
         )
 
     async def c_list_events(self, channel: grpc.aio.Channel, sequence: int) -> object:
-        """The last 20 events of a pseudo-random session of those seeded with events."""
+        """The last 20 events of a pseudo-random session of EVENTS_NAMESPACE."""
         index = (sequence * 2654435761) % self.listed_sessions
         return await self.client(channel).list_events_page(
-            parent=f"{PARENT}/sessions/e-{index}", newest_first=True, page_size=20
+            parent=f"{EVENTS_PARENT}/sessions/e-{index}", newest_first=True, page_size=20
         )
 
     async def c_writes(self, channel: grpc.aio.Channel, sequence: int) -> object:
@@ -609,26 +613,23 @@ class Bench:
         print(f"seeded {size} sessions in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
     async def grow_events(self, conn: Any, total: int) -> None:
-        """Seed events until the namespace holds about `total` (EVENTS_PER_SESSION in each of
-        e-0 .. e-<total / EVENTS_PER_SESSION - 1>, on top of any that cells appended), making
-        the event sessions that takes."""
+        """Seed EVENTS_NAMESPACE with events up to `total` (EVENTS_PER_SESSION in each of the
+        sessions e-0 .. e-<total / EVENTS_PER_SESSION - 1>, made as needed)."""
         started = time.perf_counter()
         want = max(self.listed_sessions, total // db.EVENTS_PER_SESSION, 1)
-        if want > self.event_sessions:
-            await db.seed_event_sessions(conn, self.event_sessions, want)
-            self.event_sessions = want
-        await db.seed_events(conn, self.listed_sessions, want)
+        await db.seed_event_sessions(conn, db.EVENTS_NAMESPACE, self.listed_sessions, want)
+        await db.seed_events(conn, db.EVENTS_NAMESPACE, self.listed_sessions, want)
         self.listed_sessions = want
-        self.events = await db.count_events(conn)
+        self.events = await db.count_events(conn, db.EVENTS_NAMESPACE)
         print(
-            f"seeded events: {self.events:,} in the namespace ({want:,} sessions with at least "
+            f"seeded events: {self.events:,} in {EVENTS_PARENT} ({want:,} sessions of "
             f"{db.EVENTS_PER_SESSION}) in {time.perf_counter() - started:.1f}s",
             file=sys.stderr,
         )
 
     async def measure_list_events(self, gen: LoadGenerator, counters: db.Counters) -> None:
-        """ListEvents "last 20" at 1 in flight, named by the events in the namespace; first a
-        look that the pages are what the cell claims (20 events, newest first)."""
+        """ListEvents "last 20" at 1 in flight, named by the events in EVENTS_NAMESPACE; first
+        a look that the pages are what the cell claims (20 events, newest first)."""
         page = await self.c_list_events(gen.channel, 1)
         assert isinstance(page, session_service_pb2.ListEventsResponse)
         sequences = [e.sequence for e in page.events]
@@ -651,8 +652,9 @@ class Bench:
         )
         await db.seed_base(conn)
         await self.grow(conn, self.s.sizes[0])
-        await db.seed_event_sessions(conn, 0, db.EVENT_SESSIONS)
+        await db.seed_event_sessions(conn, db.NAMESPACE, 0, db.EVENT_SESSIONS)
         self.event_sessions = db.EVENT_SESSIONS
+        await db.seed_base(conn, db.EVENTS_NAMESPACE)
         await self.grow_events(conn, self.s.sizes[0])
         floor_process, floor_target = start_floor(self.dsn, self.s.pool_size)
         tether_process, tether_target = start_tether(self.url, self.s.pool_size, self.s.workers)
@@ -688,8 +690,6 @@ class Bench:
                 for method in ("Empty", "Select", "Update", "Insert"):
                     label = method if method == "Empty" else method.upper()
                     await self.measure(floor, counters, "floor", label, self.floor_call(method), in_flight)
-            # Before any cell appends: the namespace holds just the seeded events.
-            await self.measure_list_events(tether, counters)
             # Each method's stub cell, then at once its client cell: side by side in time.
             cells: list[tuple[str, Call, Call | None]] = [
                 ("GetSession", self.get_session, self.c_get_session),
@@ -738,9 +738,10 @@ class Bench:
                 await self.run_sqlite(self.sqlite_path)
             for index, size in enumerate(self.s.sizes):
                 if index:
-                    await self.grow(conn, size)
+                    # ListEvents right before (at the smaller size) and right after its events grow.
                     await self.grow_events(conn, size)
                     await self.measure_list_events(tether, counters)
+                    await self.grow(conn, size)
                 for name, call in (
                     ("GetSession", self.get_session),
                     ("ListSessions first page", self.list_first),
@@ -758,6 +759,8 @@ class Bench:
                     ("AppendEvent by key", self.c_append_event_by_key),
                 ):
                     await self.measure(tether, counters, "scale client", name, call, 1)
+                if index == 0:
+                    await self.measure_list_events(tether, counters)
         finally:
             await self.close_clients(tether)
             await floor.close()
@@ -778,8 +781,6 @@ class Bench:
             await self.wait_serving(gen)
             await self.open_clients(gen, target)
             await self.sqlite_gateway.setup(self.client(gen.channel))
-            # The SQLite file has the event sessions the PostgreSQL database had at the start.
-            assert self.event_sessions == db.EVENT_SESSIONS, "the sqlite cells run before the events grow"
             for name, call, in_flight in (
                 ("GetSession", self.c_get_session, 1),
                 ("CreateSession", self.c_create_session, 32),
@@ -1054,10 +1055,10 @@ def statements_report(cells: Sequence[Cell]) -> str:
 LEGEND = (
     "stub: raw generated stub, no request_id | client: tether.client.AsyncSessionsClient as a caller "
     "uses it (its defaults; request ids on creating calls) | events: ListEvents, newest first, page of "
-    "20, through the client | gateway: one op = one message through the client, one AppendEvent by "
-    "conversation key and author key (3-4 calls: find-or-create sender, find-or-create session, "
-    "RecordActivity, AddMember in channels) | sqlite: through the client, one tether serve on an SQLite "
-    "file | ratio: to 'ratio to'"
+    "20, through the client, in a namespace of its own | gateway: one op = one message through the "
+    "client, one AppendEvent by conversation key and author key (3-4 calls: find-or-create sender, "
+    "find-or-create session, RecordActivity, AddMember in channels) | sqlite: through the client, one "
+    "tether serve on an SQLite file | ratio: to 'ratio to'"
 )
 
 

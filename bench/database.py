@@ -19,13 +19,17 @@ from tether.server.query.pagination import next_page
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 NAMESPACE = "bench"
+# ListEvents' namespace: its own agents, users and event sessions, so that it holds just
+# the events seeded into it (the cells that append do so in NAMESPACE).
+EVENTS_NAMESPACE = "bench-events"
 AGENTS = 100
 USERS = 1000
 # Sessions e-0 .. e-<n-1> for the event cells: DIRECT, with their agent and user as
-# members (as CreateSession makes them), so either may author an event; EVENT_SESSIONS of
-# them from the start (what AppendEvent appends to), more when the events grow.
+# members (as CreateSession makes them), so either may author an event. NAMESPACE has
+# EVENT_SESSIONS of them (what AppendEvent appends to), EVENTS_NAMESPACE as many as its
+# events take.
 EVENT_SESSIONS = 1000
-# Events seeded per session: a "last 20" page is always full.
+# Events seeded per session of EVENTS_NAMESPACE: a "last 20" page is always full.
 EVENTS_PER_SESSION = 100
 OWNER, MEMBER = 1, 2  # Member.Role
 
@@ -67,13 +71,13 @@ def migrate(url: str) -> None:
     migrate_sync(url)
 
 
-async def seed_base(conn: Any) -> None:
+async def seed_base(conn: Any, namespace: str = NAMESPACE) -> None:
     """The namespace, AGENTS agents and USERS users (each with its id as its external id,
     for the AppendEvent cells' `author_key`)."""
     await conn.execute(
         "INSERT INTO namespaces (namespace, uid, display_name, labels, create_time, update_time)"
-        " VALUES ($1, gen_random_uuid()::text, 'bench', '{}'::jsonb, now(), now())",
-        NAMESPACE,
+        " VALUES ($1::varchar, gen_random_uuid()::text, $1::varchar, '{}'::jsonb, now(), now())",
+        namespace,
     )
     for prefix, kind, count in (("agent", 2, AGENTS), ("user", 1, USERS)):
         await conn.execute(
@@ -81,7 +85,7 @@ async def seed_base(conn: Any) -> None:
             " (namespace, participant, uid, kind, external_id, labels, create_time, update_time)"
             " SELECT $1, $2 || '-' || i, gen_random_uuid()::text, $3, $2 || '-' || i, '{}'::jsonb,"
             " now(), now() FROM generate_series(0, $4 - 1) AS i",
-            NAMESPACE,
+            namespace,
             prefix,
             kind,
             count,
@@ -107,8 +111,8 @@ async def seed_sessions(conn: Any, start: int, stop: int) -> None:
     await conn.execute("ANALYZE")
 
 
-async def seed_event_sessions(conn: Any, start: int, stop: int) -> None:
-    """Sessions e-<start>..e-<stop - 1>: DIRECT, conversation e-<i> of agent-<i % AGENTS> on
+async def seed_event_sessions(conn: Any, namespace: str, start: int, stop: int) -> None:
+    """Sessions e-<start>..e-<stop - 1> of `namespace`: DIRECT, conversation e-<i> of agent-<i % AGENTS> on
     `web` with user-<i % USERS>, both members (the agent OWNER, the user MEMBER)."""
     async with conn.transaction():
         await conn.execute(
@@ -117,7 +121,7 @@ async def seed_event_sessions(conn: Any, start: int, stop: int) -> None:
             " SELECT $1, 'e-' || i, gen_random_uuid()::text, 1, 'agent-' || (i % $4), 'user-' || (i % $5),"
             " 'web', 'e-' || i, '{}'::jsonb, now(), now(), now(), 2"
             " FROM generate_series($2::int, $3::int - 1) AS i",
-            NAMESPACE,
+            namespace,
             start,
             stop,
             AGENTS,
@@ -129,7 +133,7 @@ async def seed_event_sessions(conn: Any, start: int, stop: int) -> None:
             " FROM generate_series($2::int, $3::int - 1) AS i CROSS JOIN LATERAL"
             " (VALUES ('agent-' || (i % $4), $6::smallint), ('user-' || (i % $5), $7::smallint))"
             " AS m (participant, role)",
-            NAMESPACE,
+            namespace,
             start,
             stop,
             AGENTS,
@@ -139,8 +143,10 @@ async def seed_event_sessions(conn: Any, start: int, stop: int) -> None:
         )
 
 
-async def seed_events(conn: Any, start: int, stop: int, per_session: int = EVENTS_PER_SESSION) -> None:
-    """`per_session` events in each of e-<start>..e-<stop - 1>, after the ones it has (its
+async def seed_events(
+    conn: Any, namespace: str, start: int, stop: int, per_session: int = EVENTS_PER_SESSION
+) -> None:
+    """`per_session` events in each of e-<start>..e-<stop - 1> of `namespace`, after the ones it has (its
     sequences go on from its last_sequence), written into `events` with one INSERT ...
     SELECT; then the sessions' last_sequence, event_count and last_activity_time as an
     append would have left them, and `settle`. Small chat messages, the user's and the
@@ -168,7 +174,7 @@ async def seed_events(conn: Any, start: int, stop: int, per_session: int = EVENT
             "       FROM generate_series(1, $4::int) AS n"
             "       CROSS JOIN generate_series($2::int, $3::int - 1) AS i ORDER BY n, i) AS g"
             " JOIN sessions s ON s.namespace = $1 AND s.session = 'e-' || g.i",
-            NAMESPACE,
+            namespace,
             start,
             stop,
             per_session,
@@ -178,7 +184,7 @@ async def seed_events(conn: Any, start: int, stop: int, per_session: int = EVENT
             " last_activity_time = greatest(last_activity_time, now())"
             " WHERE namespace = $1"
             " AND session IN (SELECT 'e-' || i FROM generate_series($2::int, $3::int - 1) AS i)",
-            NAMESPACE,
+            namespace,
             start,
             stop,
             per_session,
@@ -197,8 +203,8 @@ async def settle(conn: Any, *tables: str) -> None:
         await conn.execute("CHECKPOINT")
 
 
-async def count_events(conn: Any) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM events WHERE namespace = $1", NAMESPACE))
+async def count_events(conn: Any, namespace: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM events WHERE namespace = $1", namespace))
 
 
 async def deep_page_token(conn: Any, fraction: float) -> str:
