@@ -490,8 +490,8 @@ class Bench:
 
     async def c_append_event_by_key(self, channel: grpc.aio.Channel, sequence: int) -> object:
         """The same append with the session by its conversation key (and the template a DM
-        gateway sends: DIRECT, its user) and the author by kind and external id: both
-        exist, so this too is the common path."""
+        gateway sends: DIRECT, the user left to the author) and the author by kind and
+        external id: both exist, so this too is the common path."""
         index = self.event_session(sequence)
         kind, author = self.author(index, sequence)
         agent = f"{PARENT}/participants/agent-{index % db.AGENTS}"
@@ -499,7 +499,7 @@ class Bench:
         return await self.client(channel).append_event(
             parent=PARENT,
             external_conversation=key,
-            session=Session(kind=Session.KIND_DIRECT, user=f"{PARENT}/participants/user-{index % db.USERS}"),
+            session=Session(kind=Session.KIND_DIRECT),
             author_key=AuthorKey(kind=kind, external_id=author),
             event=Event(content=CHAT[sequence % 2]),
         )

@@ -5,13 +5,10 @@ the message to the agent, in one of two ways:
 
 - `Gateway` (issue 11, the headline): one AppendEvent per message, the session by its
   conversation key (`external_conversation`: agent, channel, conversation id; a DM is a
-  DIRECT session of its user, a channel a GROUP session) and the sender by
-  `author_key` (USER + the sender's Slack id). The first message of a conversation
-  creates the session, the first of a sender the participant, the first of a sender in
-  a channel adds them as a member: all in that one call. A DIRECT session's template
-  names its user, which a sender new to the gateway does not have yet, so a DM from a
-  sender the gateway has not seen before first finds or creates the sender (one call,
-  once per sender; then the gateway keeps the name, as a gateway would).
+  DIRECT session, whose template leaves `user` to the author, a channel a GROUP
+  session) and the sender by `author_key` (USER + the sender's Slack id). The first
+  message of a conversation creates the session, the first of a sender the participant,
+  the first of a sender in a channel adds them as a member: all in that one call.
 - `MultiCallGateway` (issue 10's gateway, kept for comparison): per message
   find-or-create the sender, find-or-create the conversation's session, record activity,
   and in a channel add the sender as a member (the server answers ALREADY_EXISTS,
@@ -115,7 +112,6 @@ class Gateway(_Workload):
 
     def __init__(self, parent: str, prefix: str, **kwargs: int) -> None:
         super().__init__(parent, prefix, **kwargs)
-        self.user_names: dict[int, str] = {}  # sender -> participant name, once known
         self.sessions_created = 0
         self.authors_created = 0
 
@@ -129,20 +125,11 @@ class Gateway(_Workload):
     async def message(self, client: AsyncSessionsClient, sequence: int) -> None:
         index, sender = self.messages[sequence % len(self.messages)]
         conversation = self.conversations[index]
-        if conversation.direct:
-            user = self.user_names.get(sender)
-            if user is None:
-                self.rpcs += 1
-                found = await client.find_or_create_participant(
-                    parent=self.parent,
-                    kind=Participant.KIND_USER,
-                    external_id=self.sender_id(sender),
-                    participant=self.sender_template(sender),
-                )
-                user = self.user_names[sender] = found.participant.name
-            template = Session(kind=Session.KIND_DIRECT, user=user)
-        else:
-            template = Session(kind=Session.KIND_GROUP, group_name=f"#{conversation.conversation_id}")
+        template = (
+            Session(kind=Session.KIND_DIRECT)  # its user: the author
+            if conversation.direct
+            else Session(kind=Session.KIND_GROUP, group_name=f"#{conversation.conversation_id}")
+        )
         self.rpcs += 1
         response = await client.append_event(
             parent=self.parent,
@@ -157,7 +144,6 @@ class Gateway(_Workload):
             ),
             event=Event(content=chat_message(f"message {sequence} in {conversation.conversation_id}")),
         )
-        self.user_names.setdefault(sender, response.event.author)
         self.sessions_created += response.session_created
         self.authors_created += response.author_created
 
