@@ -577,9 +577,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         event = request.event
         event_rules.check_event(event, "event", v)
         author, author_template = None, None
-        author_name = event.author
-        new_author_id = names.new_id()  # the author's id if this call creates it
+        author_name, new_author_id = event.author, ""
         if request.HasField("author_key"):
+            new_author_id = names.new_id()  # the author's id if this call creates it
             if event.author:
                 v.add("event.author", "set event.author or author_key, not both")
             author_template = _key_template(request.author_key, "author_key.", v)

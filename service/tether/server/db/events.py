@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -115,7 +115,11 @@ class Appended:
     session: Row
     session_created: bool = False
     author_created: bool = False
-    also_created: list[str] = field(default_factory=list)
+
+    def also_created(self) -> str:
+        """The response flags that are true, as a request id's claim keeps them."""
+        flags = (("session_created", self.session_created), ("author_created", self.author_created))
+        return ",".join(flag for flag, made in flags if made)
 
 
 def event_name(row: Row) -> str:
@@ -299,7 +303,7 @@ async def _append_in_one_statement(db: Database, plan: Append) -> Appended | Non
         row = await idempotency_db.fetch_claiming(db, plan.claim, statement.text, *args)
     except asyncpg.UniqueViolationError as exc:
         if getattr(exc, "constraint_name", None) == EVENT_INDEX:
-            raise _event_taken(plan, plan.session or "") from None
+            raise _event_taken(plan) from None
         raise
     return None if row is None else _split(row)
 
@@ -321,7 +325,7 @@ async def append(db: Database, plan: Append) -> Appended:
             if kind == "foreign_key":
                 await namespace_db.get(db, plan.namespace)  # a new author in a missing namespace
             if kind == "unique" and (EVENT_INDEX in str(exc.orig) or "events.event" in str(exc.orig)):
-                raise _event_taken(plan, plan.session or "") from None
+                raise _event_taken(plan) from None
             if kind == "other":
                 raise
             # A concurrent creator of the session or author won, or a participant went away
@@ -331,9 +335,6 @@ async def append(db: Database, plan: Append) -> Appended:
     raise errors.ApiError(Reason.CONCURRENT_CHANGE, "the session changed concurrently; retry")
 
 
-_LOCKED = select(sessions).where(
-    sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session")
-)
 # The session (locked on PostgreSQL), with what an append must know of its author: one read.
 _AUTHOR = participants.alias("author")
 _MEMBER = members.alias("member")
@@ -359,7 +360,7 @@ _LOCKED_WITH_AUTHOR = (
             ),
         )
     )
-    .where(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
+    .where(session_db.KEY)
     .with_for_update(of=sessions)
 )
 
@@ -420,7 +421,7 @@ def _append_in(conn: Connection, plan: Append) -> Appended:
     }
     conn.execute(events.insert(), event)  # every column given: the row is `event`
     result.event, result.session = event, row
-    idempotency_db.record(conn, plan.claim, event_name(event), also_created=",".join(result.also_created))
+    idempotency_db.record(conn, plan.claim, event_name(event), also_created=result.also_created())
     return result
 
 
@@ -429,9 +430,7 @@ def _session_by_key_in(conn: Connection, key: SessionKey, result: Appended) -> s
     found, created = session_db.find_or_create_in(
         conn, key.target, key.values, key.refs, None, key.fixed, False
     )
-    if created:
-        result.session_created = True
-        result.also_created.append("session_created")
+    result.session_created = created
     session: str = found["session"]
     return session
 
@@ -444,9 +443,7 @@ def _author_in(conn: Connection, plan: Append, result: Appended) -> str | None:
     found = participant_db.lookup_in(conn, values, None)  # the common case: one read
     if found is None:
         found, created = participant_db.create_or_find_in(conn, values, None)
-        if created:
-            result.author_created = True
-            result.also_created.append("author_created")
+        result.author_created = created
     author: str = found["participant"]
     return author
 
@@ -583,8 +580,8 @@ def _state_too_large(session: Row) -> errors.ApiError:
     )
 
 
-def _event_taken(plan: Append, session: str) -> errors.ApiError:
-    name = names.event_name(plan.namespace, session or "-", plan.event["event"])
+def _event_taken(plan: Append) -> errors.ApiError:
+    name = names.event_name(plan.namespace, plan.session or "-", plan.event["event"])
     return errors.ApiError(
         Reason.EVENT_ALREADY_EXISTS,
         f"the session already has an event with id {plan.event['event']!r}; nothing was appended",
@@ -626,16 +623,11 @@ async def delete_event(db: Database, namespace: str, session: str, event: str) -
 
 def _delete_in(conn: Connection, namespace: str, session: str, event: str) -> None:
     name = names.event_name(namespace, session, event)
-    locked = (
-        conn.execute(_LOCKED.with_for_update(), {"p_namespace": namespace, "p_session": session})
-        .mappings()
-        .first()
-    )
+    locked = session_db.row_in(conn, namespace, session, lock=True)
     if locked is None:
         raise errors.not_found(Resource.EVENT, name)
     stmt = delete(events).where(_EVENT_KEY).returning(events.c.sequence)
-    deleted = conn.execute(stmt, _event_params(namespace, session, event)).first()
-    if deleted is None:
+    if conn.execute(stmt, _event_params(namespace, session, event)).first() is None:
         raise errors.not_found(Resource.EVENT, name)
     if locked["delete_time"] is not None:
         raise session_db.deleted_error(locked)  # rolls the delete back
@@ -655,8 +647,9 @@ async def purge(
 ) -> tuple[int, list[str]]:
     """Count the session's events matching `where` (None: all) and name up to 100, oldest
     first; with `force` delete them, moving event_count, in the same transaction."""
-    work = _purge_in if force else _count_in
-    return await (db.write if force else db.query)(work, namespace, session, where)
+    if force:
+        return await db.write(_purge_in, namespace, session, where)
+    return await db.query(_count_in, namespace, session, where)
 
 
 def _matching(namespace: str, session: str, where: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
@@ -664,11 +657,21 @@ def _matching(namespace: str, session: str, where: ColumnElement[bool] | None) -
     return conditions if where is None else [*conditions, where]
 
 
+def _require_session(conn: Connection, namespace: str, session: str, *, lock: bool = False) -> None:
+    if session_db.row_in(conn, namespace, session, lock=lock) is None:
+        raise errors.not_found(Resource.SESSION, names.session_name(namespace, session))
+
+
 def _count_in(
     conn: Connection, namespace: str, session: str, where: ColumnElement[bool] | None
 ) -> tuple[int, list[str]]:
-    if conn.execute(_LOCKED, {"p_namespace": namespace, "p_session": session}).first() is None:
-        raise errors.not_found(Resource.SESSION, names.session_name(namespace, session))
+    _require_session(conn, namespace, session)
+    return _count(conn, namespace, session, where)
+
+
+def _count(
+    conn: Connection, namespace: str, session: str, where: ColumnElement[bool] | None
+) -> tuple[int, list[str]]:
     matching = _matching(namespace, session, where)
     count = conn.execute(select(func.count()).select_from(events).where(*matching)).scalar_one()
     sample = conn.execute(
@@ -680,10 +683,8 @@ def _count_in(
 def _purge_in(
     conn: Connection, namespace: str, session: str, where: ColumnElement[bool] | None
 ) -> tuple[int, list[str]]:
-    locked = conn.execute(_LOCKED.with_for_update(), {"p_namespace": namespace, "p_session": session}).first()
-    if locked is None:
-        raise errors.not_found(Resource.SESSION, names.session_name(namespace, session))
-    count, sample = _count_in(conn, namespace, session, where)
+    _require_session(conn, namespace, session, lock=True)
+    count, sample = _count(conn, namespace, session, where)
     if count:
         conn.execute(delete(events).where(*_matching(namespace, session, where)))
         _move_event_count(conn, namespace, session, -count)

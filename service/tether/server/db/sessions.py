@@ -188,14 +188,14 @@ def member_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 # Hot-path statements are built once: building and hashing a statement per call
 # costs more than running it (see the README's Performance section).
-_KEY = and_(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
-_SELECT_BY_KEY = select(sessions).where(_KEY)
+KEY = and_(sessions.c.namespace == bindparam("p_namespace"), sessions.c.session == bindparam("p_session"))
+_SELECT_BY_KEY = select(sessions).where(KEY)
 _GET_SQL = f"SELECT {_columns()} FROM sessions WHERE namespace = $1 AND session = $2"
 _GET_FOR_UPDATE = _SELECT_BY_KEY.with_for_update()
 _WHEN = bindparam("p_when", type_=UTCDateTime())
 _RECORD_ACTIVITY = (
     update(sessions)
-    .where(_KEY, sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
+    .where(KEY, sessions.c.delete_time.is_(None), sessions.c.enabled.is_(True))
     .values(
         # No version bump: activity alone never changes the etag (an etag-guarded update of a
         # live conversation must not be refused because a message arrived).
@@ -212,7 +212,7 @@ _RECORD_ACTIVITY_SQL = (
 
 
 def _key(namespace: str, session: str) -> dict[str, str]:
-    """The parameters of `_KEY`."""
+    """The parameters of `KEY`."""
     return {"p_namespace": namespace, "p_session": session}
 
 
@@ -221,14 +221,17 @@ async def get(db: Database, namespace: str, session: str) -> Row:
     if db.hot is not None:
         row = await db.hot.fetchrow(_GET_SQL, namespace, session)
     else:
-        row = await db.query(_get_row, namespace, session)
+        row = await db.query(row_in, namespace, session)
     if row is None:
         raise errors.not_found(Resource.SESSION, _name(namespace, session))
     return row
 
 
-def _get_row(conn: Connection, namespace: str, session: str) -> Row | None:
-    row: Row | None = conn.execute(_SELECT_BY_KEY, _key(namespace, session)).mappings().first()
+def row_in(conn: Connection, namespace: str, session: str, *, lock: bool = False) -> Row | None:
+    """The session row in `conn`'s transaction, or None; with `lock`, locked until it ends
+    (PostgreSQL; SQLite's one writer needs no row locks)."""
+    stmt = _GET_FOR_UPDATE if lock else _SELECT_BY_KEY
+    row: Row | None = conn.execute(stmt, _key(namespace, session)).mappings().first()
     return row
 
 

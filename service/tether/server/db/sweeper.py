@@ -217,17 +217,8 @@ async def _drop_events(conn: AsyncConnection, keys: Sequence[tuple[Any, ...]]) -
     anyway; this keeps the counts true."""
     author = tuple_(events.c.namespace, events.c.author)
     rows = await conn.execute(select(events.c.namespace, events.c.session).where(author.in_(keys)))
-    per_session = Counter((row.namespace, row.session) for row in rows)
-    if not per_session:
-        return
-    move = (
-        update(sessions)
-        .where(sessions.c.namespace == bindparam("ns"), sessions.c.session == bindparam("sid"))
-        .values(event_count=sessions.c.event_count - bindparam("gone"))
-    )
-    params = [{"ns": ns, "sid": sid, "gone": gone} for (ns, sid), gone in sorted(per_session.items())]
-    await conn.execute(move, params)
-    await conn.execute(delete(events).where(author.in_(keys)))
+    if await _count_down(conn, rows, sessions.c.event_count):
+        await conn.execute(delete(events).where(author.in_(keys)))
 
 
 async def _drop_memberships(conn: AsyncConnection, keys: Sequence[tuple[Any, ...]], now: datetime) -> None:
@@ -235,21 +226,26 @@ async def _drop_memberships(conn: AsyncConnection, keys: Sequence[tuple[Any, ...
     (session rows before member rows, the order membership writes use)."""
     key = tuple_(members.c.namespace, members.c.participant)
     rows = await conn.execute(select(members.c.namespace, members.c.session).where(key.in_(keys)))
+    if await _count_down(
+        conn, rows, sessions.c.member_count, update_time=now, version=sessions.c.version + 1
+    ):
+        await conn.execute(delete(members).where(key.in_(keys)))
+
+
+async def _count_down(conn: AsyncConnection, rows: Any, counter: Any, **also: Any) -> bool:
+    """Take each (namespace, session) of `rows` off the sessions' `counter` (with `also`
+    set), in key order; False when there are none."""
     per_session = Counter((row.namespace, row.session) for row in rows)
     if not per_session:
-        return
-    bump = (
+        return False
+    stmt = (
         update(sessions)
         .where(sessions.c.namespace == bindparam("ns"), sessions.c.session == bindparam("sid"))
-        .values(
-            member_count=sessions.c.member_count - bindparam("gone"),
-            update_time=now,
-            version=sessions.c.version + 1,
-        )
+        .values({counter: counter - bindparam("gone"), **also})
     )
     params = [{"ns": ns, "sid": sid, "gone": gone} for (ns, sid), gone in sorted(per_session.items())]
-    await conn.execute(bump, params)
-    await conn.execute(delete(members).where(key.in_(keys)))
+    await conn.execute(stmt, params)
+    return True
 
 
 Batch = Callable[[AsyncConnection], Awaitable[int]]
