@@ -99,6 +99,8 @@ SERVICE_CONFIG: Final = json.dumps(
 # with UnavailableError rather than hang forever. A stream that stayed open for
 # WATCH_HEALTHY_AFTER seconds had reached a server, so its failure starts a new count.
 WATCH_GIVE_UP_AFTER: Final = 60.0
+# The initial metadata key that holds the revision a watch stream starts after.
+REVISION_METADATA: Final = "tether-revision"
 WATCH_HEALTHY_AFTER: Final = 30.0
 WATCH_INITIAL_BACKOFF: Final = 0.1
 WATCH_MAX_BACKOFF: Final = 5.0
@@ -253,9 +255,12 @@ def events_order_by(*, order_by: str, newest_first: bool) -> str:
 class WatchResumer:
     """Where a watch is and whether to reopen it; the sync and async loops only do I/O."""
 
-    def __init__(self, *, parent: str, filter: str, start_revision: int) -> None:
+    def __init__(
+        self, *, parent: str, filter: str, start_revision: int, read_mask: Sequence[str] | None = None
+    ) -> None:
         self._parent = parent
         self._filter = filter
+        self._read_mask = None if read_mask is None else field_mask_pb2.FieldMask(paths=list(read_mask))
         self.revision = start_revision
         self.failures = 0
         self._opened_at = 0.0
@@ -265,8 +270,15 @@ class WatchResumer:
         """The request that (re)opens the stream just after the last revision seen."""
         self._opened_at = monotonic()
         return session_service_pb2.WatchSessionsRequest(
-            parent=self._parent, filter=self._filter, start_revision=self.revision
+            parent=self._parent, filter=self._filter, start_revision=self.revision, read_mask=self._read_mask
         )
+
+    def opened(self, initial_metadata: Any) -> None:
+        """Record where the server started the stream (`tether-revision`): a watch "from
+        now" that breaks before its first change resumes from there, not from a later now."""
+        for key, value in initial_metadata or ():
+            if key == REVISION_METADATA and self.revision == 0:
+                self.revision = int(value)
 
     def seen(self, change: session_service_pb2.WatchSessionsResponse) -> None:
         """Record a delivered change: a later reopen resumes after it."""

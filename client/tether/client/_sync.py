@@ -683,20 +683,27 @@ class SessionsClient:
         parent: str,
         filter: str = "",
         start_revision: int = 0,
+        read_mask: Sequence[str] | None = None,
         metadata: Metadata | None = None,
     ) -> Iterator[pb.WatchSessionsResponse]:
         """Iterate over the changes to a namespace's sessions, without a deadline.
 
-        Starts after `start_revision` (0: from now). When the stream breaks with
-        UNAVAILABLE (a server restart, a lost replica) it is reopened after the last
-        revision delivered, with backoff, so no change is missed or repeated; other
-        errors (e.g. OutOfRangeError for a compacted revision) are raised. Stop early
+        Starts after `start_revision` (0: from now). Each change's `session` is the
+        session as it was right after the change, without `session_state` unless
+        `read_mask` asks for it (`["*"]`: every field; or a list of Session fields).
+        `filter` is a ListSessions filter. When the stream breaks with UNAVAILABLE (a
+        server restart, a lost replica) it is reopened after the last revision
+        delivered, with backoff, so no change is missed or repeated; other errors (e.g.
+        OutOfRangeError for a compacted revision) are raised. Stop early
         with `break` or by closing the iterator.
         """
-        resumer = WatchResumer(parent=parent, filter=filter, start_revision=start_revision)
+        resumer = WatchResumer(
+            parent=parent, filter=filter, start_revision=start_revision, read_mask=read_mask
+        )
         while True:
             call = self._stub.WatchSessions(resumer.request(), metadata=self._settings.metadata(metadata))
             try:
+                resumer.opened(call.initial_metadata())
                 for change in call:
                     resumer.seen(change)
                     yield change

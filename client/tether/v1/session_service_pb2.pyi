@@ -1522,6 +1522,7 @@ class WatchSessionsRequest(_message.Message):
     PARENT_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     START_REVISION_FIELD_NUMBER: _builtins.int
+    READ_MASK_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """`namespaces/{namespace}`. Required."""
     filter: _builtins.str
@@ -1529,17 +1530,27 @@ class WatchSessionsRequest(_message.Message):
     start_revision: _builtins.int
     """Resume after this revision (the `revision` of the last change seen);
     0 starts from now. A revision that was compacted away is OUT_OF_RANGE.
+    The stream's initial metadata `tether-revision` holds the revision it
+    starts after, so a watch from now can resume before its first change.
     """
+    @_builtins.property
+    def read_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields of each change's `session` to send (AIP-157). Absent: every
+        field but `session_state`, which stays out to keep the stream light;
+        `*`: every field.
+        """
+
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         filter: _builtins.str = ...,
         start_revision: _builtins.int = ...,
+        read_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read_mask", b"read_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "parent", b"parent", "start_revision", b"start_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "parent", b"parent", "read_mask", b"read_mask", "start_revision", b"start_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1574,7 +1585,13 @@ class WatchSessionsResponse(_message.Message):
         CHANGE_TYPE_MEMBER_REMOVED: WatchSessionsResponse._ChangeType.ValueType  # 7
         """A member was removed from a session."""
         CHANGE_TYPE_ACTIVITY: WatchSessionsResponse._ChangeType.ValueType  # 8
-        """A session's `last_activity_time` moved."""
+        """A session's `last_activity_time` moved (RecordActivity; an append
+        reports EVENT_APPENDED, whose `session` shows the moved time).
+        """
+        CHANGE_TYPE_EVENT_APPENDED: WatchSessionsResponse._ChangeType.ValueType  # 9
+        """An event was appended to a session."""
+        CHANGE_TYPE_EVENT_DELETED: WatchSessionsResponse._ChangeType.ValueType  # 10
+        """An event was deleted (DeleteEvent, PurgeEvents, or its author purged)."""
 
     class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper):
         """What happened."""
@@ -1596,20 +1613,29 @@ class WatchSessionsResponse(_message.Message):
     CHANGE_TYPE_MEMBER_REMOVED: WatchSessionsResponse.ChangeType.ValueType  # 7
     """A member was removed from a session."""
     CHANGE_TYPE_ACTIVITY: WatchSessionsResponse.ChangeType.ValueType  # 8
-    """A session's `last_activity_time` moved."""
+    """A session's `last_activity_time` moved (RecordActivity; an append
+    reports EVENT_APPENDED, whose `session` shows the moved time).
+    """
+    CHANGE_TYPE_EVENT_APPENDED: WatchSessionsResponse.ChangeType.ValueType  # 9
+    """An event was appended to a session."""
+    CHANGE_TYPE_EVENT_DELETED: WatchSessionsResponse.ChangeType.ValueType  # 10
+    """An event was deleted (DeleteEvent, PurgeEvents, or its author purged)."""
 
     REVISION_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     MEMBER_FIELD_NUMBER: _builtins.int
     CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Per-namespace revision of this change; strictly increasing."""
     type: Global___WatchSessionsResponse.ChangeType.ValueType
     """What happened."""
     @_builtins.property
     def session(self) -> _session_pb2.Session:
-        """The session after the change (only `name` for PURGED)."""
+        """The session as it was right after the change (only `name` for PURGED),
+        with the fields of the request's `read_mask`.
+        """
 
     @_builtins.property
     def member(self) -> _session_pb2.Member:
@@ -1619,6 +1645,12 @@ class WatchSessionsResponse(_message.Message):
     def change_time(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
 
+    @_builtins.property
+    def event(self) -> _event_pb2.Event:
+        """The event, for EVENT_APPENDED (the whole event while it exists) and
+        EVENT_DELETED (its `name` and `sequence`).
+        """
+
     def __init__(
         self,
         *,
@@ -1627,10 +1659,11 @@ class WatchSessionsResponse(_message.Message):
         session: _session_pb2.Session | None = ...,
         member: _session_pb2.Member | None = ...,
         change_time: _timestamp_pb2.Timestamp | None = ...,
+        event: _event_pb2.Event | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "member", b"member", "session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "event", b"event", "member", b"member", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "member", b"member", "revision", b"revision", "session", b"session", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "event", b"event", "member", b"member", "revision", b"revision", "session", b"session", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.server import auth
 from tether.server.config import Settings, is_loopback, is_sqlite_memory, split_host_port
 from tether.server.db.base import Database, open_database
+from tether.server.db.changes import compact
 from tether.server.db.engine import create_engine, ping
 from tether.server.db.migrate import migrate
 from tether.server.db.sweeper import sweep
@@ -88,6 +89,7 @@ from tether.server.interceptors import CallGuard
 from tether.server.log import get_logger
 from tether.server.policy import AccessPolicy
 from tether.server.service import build_servicer
+from tether.server.watch import ChangeHub
 from tether.v1 import session_service_pb2
 
 SESSION_SERVICE = session_service_pb2.DESCRIPTOR.services_by_name["SessionService"]
@@ -228,6 +230,7 @@ class TetherServer:
         self._health = ClosingHealthServicer()
         self._monitor: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._hub: ChangeHub | None = None
         self._healthy = False
 
     async def start(self) -> str:
@@ -239,6 +242,7 @@ class TetherServer:
             memory = is_sqlite_memory(settings.database_url)
             await migrate(settings.database_url, engine=self._db.engine if memory else None)
         self._ping_engine = create_engine(settings, pool_size=1)
+        self._hub = ChangeHub(self._db, settings.database_url, settings.watch_poll_interval)
         self._server = self._build_server(self._db)
         host, _ = split_host_port(settings.listen)
         credentials = server_credentials(settings)
@@ -248,6 +252,7 @@ class TetherServer:
             port = self._server.add_secure_port(settings.listen, credentials)
         await self._set_health(await ping(self._ping_engine))
         await self._server.start()
+        self._hub.start()
         self._monitor = asyncio.create_task(self._watch_database(), name="tether-health-monitor")
         if settings.sweep_interval > 0:
             self._sweeper = asyncio.create_task(self._sweep_periodically(), name="tether-sweeper")
@@ -263,8 +268,9 @@ class TetherServer:
 
     def _build_server(self, db: Database) -> grpc.aio.Server:
         server = grpc.aio.server(options=server_options(self.settings))
-        guard = CallGuard(AccessPolicy(self.authenticator))
-        servicer = build_servicer(db, self.settings)
+        assert self._hub is not None
+        guard = CallGuard(AccessPolicy(self.authenticator), on_write=self._hub.poke)
+        servicer = build_servicer(db, self.settings, self._hub)
         server.add_generic_rpc_handlers((guard.service_handler(servicer, SESSION_SERVICE),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
@@ -291,6 +297,8 @@ class TetherServer:
         seconds, then release the database."""
         await self.drain(0)
         self._health.close()
+        if self._hub is not None:
+            await self._hub.close()  # watch streams end (UNAVAILABLE) and resume elsewhere
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         if self._db is not None:
@@ -334,11 +342,16 @@ class TetherServer:
             await asyncio.sleep(self.settings.sweep_interval)
             try:
                 result = await sweep(db)
+                compacted = await compact(db, self.settings.watch_retention, self.settings.watch_max_changes)
             except Exception as exc:  # the database may be down; the task must live on
                 self._log.warning("sweep_failed", error=f"{type(exc).__name__}: {exc}")
                 continue
             if result.total:
+                assert self._hub is not None
+                self._hub.poke()
                 self._log.info("sweep", **result.counts(), contended=result.contended)
+            if compacted:
+                self._log.info("changes_compacted", changes=compacted)
 
 
 async def serve(settings: Settings, on_serving: Callable[[str], None] | None = None) -> int:

@@ -239,6 +239,24 @@ class Settings(BaseSettings):
         "resources past `purge_time` (replicas take turns); `0` turns this server's sweeper off (e.g. "
         "when another replica or a job sweeps)",
     )
+    watch_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="seconds between a process's looks at the change log when nothing woke it (the "
+        "safety net under WatchSessions' wake-ups: writes of this process, and on PostgreSQL "
+        "LISTEN/NOTIFY from the others)",
+    )
+    watch_retention: Duration = Field(
+        default=timedelta(days=7),
+        description="how long WatchSessions' changes are kept for resuming; the sweeper compacts older "
+        "ones away (a resume point before them is OUT_OF_RANGE)",
+    )
+    watch_max_changes: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="how many of WatchSessions' changes are kept per namespace at most; the sweeper "
+        "compacts the oldest beyond it away",
+    )
     workers: int = Field(
         default=1,
         ge=1,
@@ -265,7 +283,7 @@ class Settings(BaseSettings):
             split_host_port(value)
         return value
 
-    @field_validator("retention", "request_id_ttl")
+    @field_validator("retention", "request_id_ttl", "watch_retention")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):

@@ -58,6 +58,9 @@ class Reason(StrEnum):
     ETAG_MISMATCH = "ETAG_MISMATCH"
     STALE_SEQUENCE = "STALE_SEQUENCE"
     CONCURRENT_CHANGE = "CONCURRENT_CHANGE"
+    REVISION_COMPACTED = "REVISION_COMPACTED"
+    REVISION_AHEAD = "REVISION_AHEAD"
+    SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
@@ -186,6 +189,22 @@ CATALOGUE: dict[Reason, tuple[grpc.StatusCode, str]] = {
     Reason.CONCURRENT_CHANGE: (
         grpc.StatusCode.ABORTED,
         "A concurrent change kept the call from completing; retry it.",
+    ),
+    Reason.REVISION_COMPACTED: (
+        grpc.StatusCode.OUT_OF_RANGE,
+        "WatchSessions' `start_revision` (or a watch that fell that far behind) is older than the "
+        "changes still held: metadata `oldest_revision` is the oldest change held and `resume_revision` "
+        "the smallest `start_revision` that is accepted (everything after it is held).",
+    ),
+    Reason.REVISION_AHEAD: (
+        grpc.StatusCode.OUT_OF_RANGE,
+        "WatchSessions' `start_revision` is beyond the newest revision (it was not handed out by this "
+        "deployment's database); metadata `head_revision` holds the newest.",
+    ),
+    Reason.SERVER_SHUTTING_DOWN: (
+        grpc.StatusCode.UNAVAILABLE,
+        "The server is shutting down and ended the stream; call again (another replica answers, and the "
+        "client's watch iterator resumes where it was by itself).",
     ),
     Reason.DATABASE_UNAVAILABLE: (
         grpc.StatusCode.UNAVAILABLE,
@@ -382,7 +401,21 @@ def internal() -> ApiError:
 # exceptions, insufficient resources, operator intervention, statement timeout.
 _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "57014")
 # Serialization failure and deadlock: the transaction lost a race; a retry may win.
-_CONFLICT_SQLSTATES = ("40001", "40P01")
+# TX001: a session row was changed by a transaction newer than this one, which would
+# put this one's change before it in WatchSessions (migration 0005); the call guard
+# runs such a call again, in a new transaction.
+ORDER_RACE_SQLSTATE = "TX001"
+_CONFLICT_SQLSTATES = ("40001", "40P01", ORDER_RACE_SQLSTATE)
+
+
+def _sqlstate(error: BaseException) -> object:
+    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_order_race(error: BaseException) -> bool:
+    """Whether `error` is the TX001 refusal of a write that is safe to run again at once."""
+    return _sqlstate(error) == ORDER_RACE_SQLSTATE
 
 
 def from_database_error(error: Exception) -> ApiError | None:
@@ -397,8 +430,7 @@ def from_database_error(error: Exception) -> ApiError | None:
     """
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return unavailable()
-    orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    sqlstate = _sqlstate(error)
     if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
         return unavailable()
     if sqlstate in _CONFLICT_SQLSTATES:

@@ -91,10 +91,37 @@ def _reject_undecodable(request: Any) -> None:
         )
 
 
+# How often a call refused by the revision order check (`errors.is_order_race`) runs
+# again: each try is a new transaction with a newer id, so a second try almost always
+# succeeds; past this the caller gets ABORTED (CONCURRENT_CHANGE), safe to retry.
+_ORDER_RACE_TRIES = 8
+
+
+def _mutating(method: str) -> bool:
+    rule = policy.RULES_BY_PATH.get(method)
+    return rule is None or rule.mutating
+
+
+async def _run(behaviour: UnaryBehaviour, request: Any, context: Context) -> Any:
+    """`behaviour(request, context)`, run again when its write lost the revision order race
+    (the refused transaction was rolled back whole, so running the call again is safe)."""
+    for _ in range(_ORDER_RACE_TRIES - 1):
+        try:
+            return await behaviour(request, context)
+        except Exception as exc:
+            if not errors.is_order_race(exc):
+                raise
+    return await behaviour(request, context)
+
+
 class CallGuard:
     """Guards, logs and audits every RPC and turns exceptions into statuses; see the module docstring."""
 
-    def __init__(self, access: policy.AccessPolicy | None = None) -> None:
+    def __init__(
+        self, access: policy.AccessPolicy | None = None, on_write: Callable[[], None] | None = None
+    ) -> None:
+        # Told after every mutating call (WatchSessions' wake-ups, `tether.server.watch`).
+        self._on_write = on_write
         # Without an access policy: no auth file, every caller is the local admin.
         self._access = access or policy.AccessPolicy(auth.Authenticator(None, None))
         # Bound now (after logging is configured), not lazily on every call.
@@ -135,13 +162,15 @@ class CallGuard:
                 principal = self._authenticate(context)
                 _reject_undecodable(request)
                 self._access.authorize(method, request, principal)
-                response = await behaviour(request, context)
+                response = await _run(behaviour, request, context)
                 code = _status_code(context)
                 return response
             except BaseException as exc:
                 code = self._code_of(exc, context)
                 await self._answer(exc, context, method)
             finally:
+                if self._on_write is not None and _mutating(method):
+                    self._on_write()
                 self._log_call(method, code, start, principal, request, response)
 
         return wrapped

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from tether.server import auth, convert, errors, etags, names
+from tether.server import auth, convert, errors, etags, names, watch
 from tether.server.db import events as event_db
 from tether.server.db import idempotency as idempotency_db
 from tether.server.db import members as member_db
@@ -76,10 +76,11 @@ def _new_id(given: str, path: str, v: Violations) -> str:
 
 
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
-    """The servicer; stateless apart from the database handle."""
+    """The servicer; stateless apart from the database handle and the process's change hub."""
 
-    def __init__(self, db: Database, request_id_ttl: timedelta) -> None:
+    def __init__(self, db: Database, request_id_ttl: timedelta, hub: watch.ChangeHub) -> None:
         self._db = db
+        self._hub = hub
         self._lister = Lister(self._db)
         self._request_id_ttl = request_id_ttl
 
@@ -655,10 +656,20 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def WatchSessions(
         self, request: pb.WatchSessionsRequest, context: Context
     ) -> AsyncIterator[pb.WatchSessionsResponse]:
-        raise errors.unimplemented(
-            "WatchSessions", "WatchSessions is not implemented yet (planned: a later issue)"
-        )
-        yield  # makes this an async generator, as a server-streaming handler must be
+        v = Violations()
+        namespace = v.name(names.parse_namespace, request.parent, "parent", "")
+        if request.start_revision < 0:
+            v.add("start_revision", "must not be negative (0 starts from now)")
+        if request.HasField("read_mask"):
+            for path in watch.Mask.violations(request.read_mask):
+                v.add("read_mask", f"{shorten(path, 80)!r} is not a Session field")
+        v.check()
+        where = compile_filter(request.filter, SESSION_FILTER_FIELDS, namespace=namespace)
+        mask = watch.Mask(request.read_mask if request.HasField("read_mask") else None)
+        async for change in watch.follow(
+            self._db, self._hub, namespace, request.start_revision, where, mask, context
+        ):
+            yield change
 
 
 def _key_template(
@@ -710,6 +721,6 @@ def _key_target(
     )
 
 
-def build_servicer(db: Database, settings: Any) -> SessionService:
+def build_servicer(db: Database, settings: Any, hub: watch.ChangeHub) -> SessionService:
     """What the server assembly registers."""
-    return SessionService(db, settings.request_id_ttl)
+    return SessionService(db, settings.request_id_ttl, hub)

@@ -116,6 +116,17 @@ class Database:
         async with self.read() as conn:
             return await conn.run_sync(call)
 
+    async def snapshot(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`work(conn, *args, **kwargs)` in a read-only transaction whose statements all
+        see one snapshot (REPEATABLE READ on PostgreSQL; any SQLite transaction does)."""
+        if not self.is_postgresql:
+            return await self.query(work, *args, **kwargs)
+        call = _bound(work, *args, **kwargs)
+        async with self._connection(snapshot=True) as conn:
+            return await conn.run_sync(call)
+
     async def reset_connections(self) -> None:
         """Drop every pooled connection (after an outage they are likely dead)."""
         await self.engine.dispose()
@@ -157,7 +168,7 @@ class Database:
 
     @asynccontextmanager
     async def _connection(
-        self, *, autocommit: bool = False, sqlite_read_only: bool = False
+        self, *, autocommit: bool = False, sqlite_read_only: bool = False, snapshot: bool = False
     ) -> AsyncIterator[AsyncConnection]:
         async with AsyncExitStack() as stack:
             try:
@@ -168,6 +179,8 @@ class Database:
                 raise errors.unavailable() from exc
             if self.is_postgresql and autocommit:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
+            elif self.is_postgresql and snapshot:
+                await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             elif sqlite_read_only:
                 await conn.execution_options(**{READ_ONLY: True})
             await stack.enter_async_context(conn.begin())

@@ -87,6 +87,8 @@ namespaces = Table(
     _ts("update_time"),
     # Row version: bumped by every write; the etag is derived from it.
     Column("version", BigInteger, nullable=False, server_default=text("1")),
+    # Changes up to this revision may have been compacted away (see `changes`).
+    Column("compacted_revision", BigInteger, nullable=False, server_default=text("0")),
 )
 
 participants = Table(
@@ -166,6 +168,9 @@ sessions = Table(
     # append takes last_sequence + 1 under the session row's lock, so sequences
     # are gapless at append time. Deletes leave it alone (sequences are not reused).
     Column("last_sequence", BigInteger, nullable=False, server_default=text("0")),
+    # PostgreSQL: the last writing transaction's id << 20, set by a trigger (migration
+    # 0005), so that one session's changes get revisions in the order they happened.
+    Column("revision", BigInteger, nullable=False, server_default=text("0")),
     ForeignKeyConstraint(["namespace"], ["namespaces.namespace"], ondelete="CASCADE"),
     ForeignKeyConstraint(
         ["namespace", "agent"], ["participants.namespace", "participants.participant"], ondelete="CASCADE"
@@ -265,6 +270,31 @@ events = Table(
 Index("uq_events_event", events.c.namespace, events.c.session, events.c.event, unique=True)
 # The author's foreign key (a purged participant takes what it wrote with it).
 Index("ix_events_author", events.c.namespace, events.c.author)
+
+# What WatchSessions streams: one row per change to a session, a member or an event,
+# written only by the triggers of migration 0005 in the transaction of the write
+# itself. `revision` is per namespace strictly increasing (the migration says how it
+# stays gap-free to a reader); `snapshot` is the session row as it was right after the
+# change (before it, for PURGED); `member` the member row of a member change.
+changes = Table(
+    "changes",
+    metadata,
+    Column("namespace", ID, primary_key=True),
+    Column("revision", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", SmallInteger, nullable=False),
+    Column("session", ID, nullable=False),
+    Column("participant", ID, nullable=True),
+    Column("event", ID, nullable=True),
+    Column("sequence", BigInteger, nullable=True),
+    Column("snapshot", JSONType, nullable=False),
+    Column("member", JSONType, nullable=True),
+    _ts("change_time"),
+    ForeignKeyConstraint(["namespace"], ["namespaces.namespace"], ondelete="CASCADE"),
+)
+# Every process's scan for namespaces with news; SQLite's next revision.
+Index("ix_changes_revision", changes.c.revision)
+# Compaction by age.
+Index("ix_changes_change_time", changes.c.change_time)
 
 # PostgreSQL: RFC 7396 JSON merge patch of jsonb values, created by migration 0004
 # (SQLite has `json_patch`). AppendEvent merges an event's state_delta with it.

@@ -258,7 +258,7 @@ async def batch_get(db: Database, namespace: str, ids: Sequence[str]) -> list[Ro
 # concurrent duplicate waits there for the first to commit). No row back:
 # `check_participants` and `_raise_create_conflict` say why.
 # Left to their defaults on insert.
-_DEFAULTED = ("delete_time", "purge_time", "version", "event_count", "last_sequence")
+_DEFAULTED = ("delete_time", "purge_time", "version", "event_count", "last_sequence", "revision")
 _NEW_COLUMNS = [c for c in sessions.columns if c.name not in _DEFAULTED]
 
 

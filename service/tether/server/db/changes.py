@@ -1,0 +1,377 @@
+"""The change log that WatchSessions reads; migration 0005's triggers write it.
+
+A watcher reads pages of one namespace's changes after its position, in revision
+order, and only below the *frontier*: the revision under which the log is final.
+
+- PostgreSQL: `pg_snapshot_xmin(pg_current_snapshot()) << 20`. A revision is its
+  transaction's id `<< 20` plus a counter, and every transaction with an id below the
+  oldest one still running has finished (committed and visible, or rolled back), while
+  a new one can only get a larger id: no change can ever appear below the frontier.
+- SQLite: one past the largest revision (writers take turns and number their changes in
+  commit order, so everything a reader sees is final).
+
+Each page is read in one snapshot (REPEATABLE READ on PostgreSQL) together with the
+namespace's `compacted_revision`, so a resume point that compaction overtook is
+reported (`OutOfRangeError`) rather than silently skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    column,
+    delete,
+    func,
+    literal_column,
+    select,
+    true,
+    type_coerce,
+    update,
+)
+from sqlalchemy.sql import visitors
+
+from tether.server import errors
+from tether.server.db.base import Database, Row, utcnow
+from tether.server.db.schema import changes, events, members, namespaces, participants, sessions
+
+# How many changes one page reads at most (whatever a filter keeps of them).
+PAGE_SIZE = 500
+# Bits of a PostgreSQL revision below the transaction id (migration 0005).
+XID_SHIFT = 20
+
+PURGED = 5
+HIGHEST = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change: the session as it was (columns of `sessions`), the member row (with
+    `participant_kind` and `participant_uid`) or the event row (the whole event while it
+    exists; only its keys once deleted)."""
+
+    revision: int
+    type: int
+    change_time: datetime
+    session: Row
+    member: Row | None
+    event: Row | None
+
+
+@dataclass(frozen=True)
+class Page:
+    changes: list[Change]
+    # The position after this page: every change up to it was read (some left out by
+    # the filter), so the next page starts after it.
+    position: int
+    # Whether more changes are ready right now (the page was full).
+    more: bool
+
+
+class OutOfRangeError(Exception):
+    """The changes after `after` are no longer all held."""
+
+    def __init__(self, after: int, compacted: int, oldest: int) -> None:
+        super().__init__(after, compacted, oldest)
+        self.after = after
+        self.compacted = compacted
+        self.oldest = oldest
+
+
+def _frontier_sql(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return literal_column(f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {XID_SHIFT})")
+    return select(func.coalesce(func.max(changes.c.revision), 0) + 1).scalar_subquery()
+
+
+# --- the session, member and event as of a change -------------------------------------------
+
+
+def _as_of(dialect: str) -> tuple[Any, dict[str, ColumnElement[Any]], dict[str, ColumnElement[Any]]]:
+    """The FROM clause of a page and the session and member columns as they were at each
+    change: PostgreSQL turns the JSON snapshots back into rows with jsonb_populate_record,
+    SQLite extracts each column from them."""
+    if dialect == "postgresql":
+        snap = (
+            func.jsonb_populate_record(literal_column("NULL::sessions"), changes.c.snapshot)
+            .table_valued(*[column(c.name, c.type) for c in sessions.c], name="snap")
+            .lateral()
+        )
+        mem = (
+            func.jsonb_populate_record(literal_column("NULL::members"), changes.c.member)
+            .table_valued(*[column(c.name, c.type) for c in members.c], name="mem")
+            .lateral()
+        )
+        source = changes.join(snap, true()).outerjoin(mem, true())
+        return (
+            source,
+            {c.name: snap.c[c.name] for c in sessions.c},
+            {c.name: mem.c[c.name] for c in members.c},
+        )
+
+    def extract(document: Any, name: str, type_: Any) -> ColumnElement[Any]:
+        return type_coerce(func.json_extract(document, f"$.{name}"), type_)
+
+    return (
+        changes,
+        {c.name: extract(changes.c.snapshot, c.name, c.type) for c in sessions.c},
+        {c.name: extract(changes.c.member, c.name, c.type) for c in members.c},
+    )
+
+
+def _retarget(where: ColumnElement[bool], columns: dict[str, ColumnElement[Any]]) -> ColumnElement[bool]:
+    """A ListSessions filter (written against the `sessions` table) applied to the
+    session as of each change instead."""
+
+    def replace(element: Any, **_: Any) -> Any:
+        if getattr(element, "table", None) is sessions and element.name in columns:
+            return columns[element.name]
+        return None
+
+    result: ColumnElement[bool] = visitors.replacement_traverse(where, {}, replace)
+    return result
+
+
+def _page_select(
+    dialect: str,
+    namespace: str,
+    after: int,
+    through: int,
+    where: ColumnElement[bool] | None,
+    with_state: bool,
+) -> Any:
+    source, session_columns, member_columns = _as_of(dialect)
+    picked = [(name, col) for name, col in session_columns.items() if with_state or name != "session_state"]
+    event_columns = [c for c in events.c if c.name not in ("namespace", "session", "sequence", "event")]
+    stmt = (
+        select(
+            changes.c.revision,
+            changes.c.type,
+            changes.c.change_time,
+            changes.c.event.label("c_event"),
+            changes.c.sequence.label("c_sequence"),
+            changes.c.participant.label("c_participant"),
+            *[col.label(f"s_{name}") for name, col in picked],
+            *[col.label(f"m_{name}") for name, col in member_columns.items()],
+            participants.c.kind.label("m_participant_kind"),
+            participants.c.uid.label("m_participant_uid"),
+            events.c.uid.label("e_present"),
+            *[c.label(f"e_{c.name}") for c in event_columns],
+        )
+        .select_from(
+            source.outerjoin(
+                participants,
+                and_(
+                    participants.c.namespace == changes.c.namespace,
+                    participants.c.participant == changes.c.participant,
+                ),
+            ).outerjoin(
+                events,
+                and_(
+                    events.c.namespace == changes.c.namespace,
+                    events.c.session == changes.c.session,
+                    events.c.sequence == changes.c.sequence,
+                ),
+            )
+        )
+        .where(changes.c.namespace == namespace, changes.c.revision > after, changes.c.revision <= through)
+        .order_by(changes.c.revision)
+    )
+    if where is not None:
+        stmt = stmt.where(_retarget(where, session_columns))
+    return stmt
+
+
+def _change(row: Row, namespace: str, with_state: bool) -> Change:
+    session = {key[2:]: value for key, value in row.items() if key.startswith("s_")}
+    if not with_state:
+        session["session_state"] = None
+    member = None
+    if row["c_participant"] is not None:
+        member = {key[2:]: value for key, value in row.items() if key.startswith("m_")}
+        member["participant"] = row["c_participant"]
+        member["participant_kind"] = member["participant_kind"] or 0
+        member["participant_uid"] = member["participant_uid"] or ""
+    event = None
+    if row["c_event"] is not None:
+        keys = {
+            "namespace": namespace,
+            "session": session["session"],
+            "event": row["c_event"],
+            "sequence": row["c_sequence"],
+        }
+        if row["e_present"] is not None:
+            event = {**{key[2:]: value for key, value in row.items() if key.startswith("e_")}, **keys}
+        else:
+            event = keys
+    return Change(row["revision"], row["type"], row["change_time"], session, member, event)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _check_held(conn: Connection, namespace: str, after: int) -> int:
+    """The frontier, once the changes after `after` are known to be all held."""
+    dialect = conn.dialect.name
+    meta = conn.execute(
+        select(namespaces.c.compacted_revision, _frontier_sql(dialect).label("frontier")).where(
+            namespaces.c.namespace == namespace
+        )
+    ).one_or_none()
+    if meta is None:
+        raise errors.not_found(errors.Resource.NAMESPACE, f"namespaces/{namespace}")
+    if after < meta.compacted_revision:
+        oldest = conn.execute(
+            select(func.min(changes.c.revision)).where(changes.c.namespace == namespace)
+        ).scalar_one_or_none()
+        raise OutOfRangeError(after, meta.compacted_revision, oldest or meta.compacted_revision)
+    frontier: int = meta.frontier
+    return frontier
+
+
+def _read_in(
+    conn: Connection,
+    namespace: str,
+    after: int,
+    where: ColumnElement[bool] | None,
+    with_state: bool,
+    limit: int,
+) -> Page:
+    frontier = _check_held(conn, namespace, after)
+    window = (
+        select(changes.c.revision)
+        .where(changes.c.namespace == namespace, changes.c.revision > after, changes.c.revision < frontier)
+        .order_by(changes.c.revision)
+        .limit(limit)
+        .subquery()
+    )
+    last, count = conn.execute(select(func.max(window.c.revision), func.count())).one()
+    if not count:
+        return Page([], max(after, frontier - 1), more=False)
+    rows = conn.execute(_page_select(conn.dialect.name, namespace, after, last, where, with_state)).mappings()
+    found = [_change(row, namespace, with_state) for row in rows]
+    full = count >= limit
+    return Page(found, last if full else max(last, frontier - 1), more=full)
+
+
+async def read(
+    db: Database,
+    namespace: str,
+    after: int,
+    where: ColumnElement[bool] | None = None,
+    *,
+    with_state: bool = False,
+    limit: int = PAGE_SIZE,
+) -> Page:
+    """The next page of `namespace`'s final changes after revision `after` that match
+    `where` (a ListSessions filter); OutOfRangeError when some were compacted away,
+    NOT_FOUND when the namespace is gone."""
+    # The frontier, the compaction mark and the page in one snapshot.
+    return await db.snapshot(_read_in, namespace, after, where, with_state, limit)
+
+
+def _head_in(conn: Connection, namespace: str) -> int:
+    return _check_held(conn, namespace, HIGHEST) - 1
+
+
+async def head(db: Database, namespace: str) -> int:
+    """ "Now" for a new watch: every change after it is yet to come. No resume point
+    a server handed out is beyond it (the frontier never moves back)."""
+    return await db.query(_head_in, namespace)
+
+
+async def ready(db: Database, after: int | None) -> tuple[int, dict[str, int], bool]:
+    """For a process's wake-ups: the new position (frontier - 1), the namespaces with
+    changes final since position `after` (None: none yet, just the position) and their
+    newest, and whether changes past the frontier wait for older transactions to end."""
+    return await db.query(_ready_in, after)
+
+
+def _ready_in(conn: Connection, after: int | None) -> tuple[int, dict[str, int], bool]:
+    frontier: int = conn.execute(select(_frontier_sql(conn.dialect.name))).scalar_one()
+    if after is None:
+        return frontier - 1, {}, False
+    rows = conn.execute(
+        select(changes.c.namespace, func.max(changes.c.revision))
+        .where(changes.c.revision > after, changes.c.revision < frontier)
+        .group_by(changes.c.namespace)
+    ).all()
+    waiting = conn.execute(select(changes.c.revision).where(changes.c.revision >= frontier).limit(1)).first()
+    return max(after, frontier - 1), {ns: int(rev) for ns, rev in rows}, waiting is not None
+
+
+# --- compaction --------------------------------------------------------------------------------
+
+
+async def compact(
+    db: Database, max_age: timedelta, max_changes: int, now: datetime | None = None, batch_size: int = 5000
+) -> int:
+    """Drop changes older than `max_age` and beyond the newest `max_changes` of each
+    namespace, oldest first, in batches; each batch raises its namespace's
+    `compacted_revision` in the same transaction. The newest change of all is always
+    kept (SQLite numbers the next one after it). Returns how many were dropped."""
+    cutoff = (now or utcnow()) - max_age
+    dropped = 0
+    while True:
+        done = await db.write(_compact_batch_in, cutoff, max_changes, batch_size)
+        dropped += done
+        if done < batch_size:
+            return dropped
+
+
+def _compact_batch_in(conn: Connection, cutoff: datetime, max_changes: int, batch_size: int) -> int:
+    newest = conn.execute(select(func.max(changes.c.revision))).scalar_one_or_none()
+    if newest is None:
+        return 0
+    done = 0
+    for namespace in conn.execute(select(namespaces.c.namespace)).scalars():
+        if done >= batch_size:
+            break
+        cut = _cut_in(conn, namespace, cutoff, max_changes)
+        if cut is None:
+            continue
+        cut = min(cut, newest - 1)
+        victims = (
+            select(changes.c.revision)
+            .where(changes.c.namespace == namespace, changes.c.revision <= cut)
+            .order_by(changes.c.revision)
+            .limit(batch_size - done)
+            .subquery()
+        )
+        last = conn.execute(select(func.max(victims.c.revision))).scalar_one_or_none()
+        if last is None:
+            continue
+        result = conn.execute(
+            delete(changes).where(changes.c.namespace == namespace, changes.c.revision <= last)
+        )
+        conn.execute(
+            update(namespaces)
+            .where(namespaces.c.namespace == namespace, namespaces.c.compacted_revision < last)
+            .values(compacted_revision=last)
+        )
+        done += result.rowcount
+    return done
+
+
+def _cut_in(conn: Connection, namespace: str, cutoff: datetime, max_changes: int) -> int | None:
+    """The newest revision of `namespace` that is due for compaction, or None."""
+    by_count = conn.execute(
+        select(changes.c.revision)
+        .where(changes.c.namespace == namespace)
+        .order_by(changes.c.revision.desc())
+        .offset(max_changes)
+        .limit(1)
+    ).scalar_one_or_none()
+    by_age = conn.execute(
+        select(func.max(changes.c.revision)).where(
+            changes.c.namespace == namespace, changes.c.change_time < cutoff
+        )
+    ).scalar_one_or_none()
+    cuts: Sequence[int] = [c for c in (by_count, by_age) if c is not None]
+    return max(cuts) if cuts else None

@@ -1,0 +1,429 @@
+"""Changes: what WatchSessions streams (DESIGN.md "WatchSessions").
+
+The `changes` table, written only by triggers, so that no write to a session, a
+member or an event commits without its change and no change exists without its
+write, whichever statement or transaction made it (RPCs, PurgeSessions, the
+sweeper, foreign-key cascades). Each change holds the session as it was right
+after it (before it, for PURGED, so that a watcher's filter still applies).
+
+The revision, per namespace strictly increasing and delivered gap-free:
+
+- PostgreSQL: `(transaction id << 20) | n`, n counting the transaction's changes. A
+  watcher delivers only revisions below `pg_snapshot_xmin(pg_current_snapshot()) << 20`:
+  every transaction with a smaller id has finished, and no new one can get one, so
+  that prefix of the table is final and a late commit is never skipped. Writers never
+  wait on each other for it (a per-namespace counter row would serialize every write
+  of a namespace on one lock held through the commit: measured with pgbench at 32
+  clients, 1,990 commits/s against 11,800 for the transaction-id stamp). A session
+  row remembers the transaction that changed it last (`sessions.revision`); a writer
+  whose transaction id is older than that (it took its id before queueing on the row
+  lock) is refused with SQLSTATE TX001 and retried by the server in a new
+  transaction, so one session's changes are in revision order as they happened.
+- SQLite: writers take turns on the database, so the next revision is the largest
+  so far plus one (compaction always keeps the newest change, so it never goes back).
+
+`namespaces.compacted_revision`: changes up to it may be gone (a resume point below
+it is OUT_OF_RANGE).
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-04
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+# Change types: WatchSessionsResponse.ChangeType's numbers.
+CREATED, UPDATED, DELETED, UNDELETED, PURGED = 1, 2, 3, 4, 5
+MEMBER_ADDED, MEMBER_REMOVED, ACTIVITY, EVENT_APPENDED, EVENT_DELETED = 6, 7, 8, 9, 10
+
+# ---------------------------------------------------------------- PostgreSQL
+
+_PG_FUNCTIONS = f"""
+CREATE FUNCTION tether_xid() RETURNS bigint LANGUAGE sql VOLATILE AS $$
+  SELECT pg_current_xact_id()::text::bigint
+$$;
+
+-- The next revision of this transaction: its id, then how many changes it made so far.
+CREATE FUNCTION tether_revision() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  n integer := coalesce(nullif(current_setting('tether.changes', true), ''), '0')::integer;
+  xid bigint := tether_xid();
+BEGIN
+  IF n >= 1048576 OR xid >= 8796093022208 THEN
+    RAISE EXCEPTION 'tether: revision space exhausted (% changes in one transaction)', n
+      USING ERRCODE = '54000';
+  END IF;
+  PERFORM set_config('tether.changes', (n + 1)::text, true);
+  RETURN (xid << 20) | n;
+END
+$$;
+
+CREATE FUNCTION tether_record_change(
+  ns text, kind smallint, sess text, who text, ev text, seq bigint, snap jsonb, mem jsonb
+) RETURNS void LANGUAGE sql VOLATILE AS $$
+  INSERT INTO changes (namespace, revision, type, session, participant, event, sequence,
+                       snapshot, member, change_time)
+  VALUES (ns, tether_revision(), kind, sess, who, ev, seq, snap, mem, clock_timestamp())
+$$;
+
+-- Before a session row changes: refuse a transaction older than the session's last
+-- writer (see the migration's docstring), and remember this one.
+CREATE FUNCTION tether_session_order() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  xid bigint := tether_xid();
+BEGIN
+  IF (OLD.revision >> 20) > xid THEN
+    RAISE EXCEPTION 'tether: session % changed by a newer transaction', OLD.session
+      USING ERRCODE = 'TX001';
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  NEW.revision := xid << 20;
+  RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION tether_session_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  kind smallint;
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    kind := {CREATED};
+  ELSIF TG_OP = 'DELETE' THEN
+    -- A namespace being deleted takes its changes with it.
+    IF NOT EXISTS (SELECT 1 FROM namespaces WHERE namespace = OLD.namespace) THEN
+      RETURN NULL;
+    END IF;
+    PERFORM tether_record_change(OLD.namespace, {PURGED}::smallint, OLD.session, NULL, NULL,
+                                 NULL, to_jsonb(OLD), NULL);
+    RETURN NULL;
+  ELSIF NEW.member_count <> OLD.member_count OR NEW.event_count <> OLD.event_count THEN
+    RETURN NULL;  -- the member's or the event's own change reports it
+  ELSIF OLD.delete_time IS NULL AND NEW.delete_time IS NOT NULL THEN
+    kind := {DELETED};
+  ELSIF OLD.delete_time IS NOT NULL AND NEW.delete_time IS NULL THEN
+    kind := {UNDELETED};
+  ELSIF NEW.version <> OLD.version THEN
+    kind := {UPDATED};
+  ELSIF NEW.last_activity_time <> OLD.last_activity_time THEN
+    kind := {ACTIVITY};
+  ELSE
+    RETURN NULL;  -- nothing a watcher sees moved
+  END IF;
+  PERFORM tether_record_change(NEW.namespace, kind, NEW.session, NULL, NULL, NULL,
+                               to_jsonb(NEW), NULL);
+  RETURN NULL;
+END
+$$;
+
+-- Members and events: the session as it is at the end of the statement; nothing when
+-- the session itself is being purged (its PURGED says it all).
+CREATE FUNCTION tether_member_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  m members;
+  snap jsonb;
+BEGIN
+  IF TG_OP = 'INSERT' THEN m := NEW; ELSE m := OLD; END IF;
+  SELECT to_jsonb(s) INTO snap FROM sessions s WHERE s.namespace = m.namespace AND s.session = m.session;
+  IF snap IS NOT NULL THEN
+    PERFORM tether_record_change(
+      m.namespace, (CASE TG_OP WHEN 'INSERT' THEN {MEMBER_ADDED} ELSE {MEMBER_REMOVED} END)::smallint,
+      m.session, m.participant, NULL, NULL, snap, to_jsonb(m));
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION tether_event_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  e events;
+  snap jsonb;
+BEGIN
+  IF TG_OP = 'INSERT' THEN e := NEW; ELSE e := OLD; END IF;
+  SELECT to_jsonb(s) INTO snap FROM sessions s WHERE s.namespace = e.namespace AND s.session = e.session;
+  IF snap IS NOT NULL THEN
+    PERFORM tether_record_change(
+      e.namespace, (CASE TG_OP WHEN 'INSERT' THEN {EVENT_APPENDED} ELSE {EVENT_DELETED} END)::smallint,
+      e.session, NULL, e.event, e.sequence, snap, NULL);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+"""
+
+_PG_TRIGGERS = [
+    "CREATE TRIGGER tether_session_order BEFORE UPDATE OR DELETE ON sessions "
+    "FOR EACH ROW EXECUTE FUNCTION tether_session_order()",
+    "CREATE TRIGGER tether_session_change AFTER INSERT OR UPDATE OR DELETE ON sessions "
+    "FOR EACH ROW EXECUTE FUNCTION tether_session_change()",
+    "CREATE TRIGGER tether_member_change AFTER INSERT OR DELETE ON members "
+    "FOR EACH ROW EXECUTE FUNCTION tether_member_change()",
+    "CREATE TRIGGER tether_event_change AFTER INSERT OR DELETE ON events "
+    "FOR EACH ROW EXECUTE FUNCTION tether_event_change()",
+]
+
+_PG_DROP = """
+DROP TRIGGER IF EXISTS tether_event_change ON events;
+DROP TRIGGER IF EXISTS tether_member_change ON members;
+DROP TRIGGER IF EXISTS tether_session_change ON sessions;
+DROP TRIGGER IF EXISTS tether_session_order ON sessions;
+DROP FUNCTION IF EXISTS tether_event_change();
+DROP FUNCTION IF EXISTS tether_member_change();
+DROP FUNCTION IF EXISTS tether_session_change();
+DROP FUNCTION IF EXISTS tether_session_order();
+DROP FUNCTION IF EXISTS tether_record_change(text, smallint, text, text, text, bigint, jsonb, jsonb);
+DROP FUNCTION IF EXISTS tether_revision();
+DROP FUNCTION IF EXISTS tether_xid();
+"""
+
+# ---------------------------------------------------------------- SQLite
+
+# The columns as of this migration (frozen here: a later column needs a later migration
+# to add it to the snapshot). JSON columns are embedded as JSON, not as strings.
+_SESSION_COLUMNS = [
+    "namespace",
+    "session",
+    "uid",
+    "kind",
+    "display_name",
+    "description",
+    "agent",
+    "user",
+    "peer_agent",
+    "agent_pair",
+    "channel",
+    "external_conversation_id",
+    "group_name",
+    "enabled",
+    "managed",
+    "auto_created",
+    "labels",
+    "session_state",
+    "create_time",
+    "update_time",
+    "last_activity_time",
+    "expire_time",
+    "delete_time",
+    "purge_time",
+    "member_count",
+    "version",
+    "event_count",
+    "last_sequence",
+    "revision",
+]
+_MEMBER_COLUMNS = ["namespace", "session", "participant", "role", "join_time", "update_time", "version"]
+_JSON_COLUMNS = {"labels", "session_state"}
+
+
+def _json_object(row: str, columns: Sequence[str]) -> str:
+    def value(column: str) -> str:
+        ref = f'{row}."{column}"'
+        return f"json({ref})" if column in _JSON_COLUMNS else ref
+
+    return "json_object(" + ", ".join(f"'{c}', {value(c)}" for c in columns) + ")"
+
+
+_SQLITE_NEXT = "(SELECT coalesce(max(revision), 0) + 1 FROM changes)"
+# Microseconds, as the UTC columns store them.
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'"
+
+
+def _sqlite_insert(ns: str, kind: str, session: str, who: str, ev: str, seq: str, snap: str, mem: str) -> str:
+    return (
+        "INSERT INTO changes (namespace, revision, type, session, participant, event, sequence, "
+        f"snapshot, member, change_time) VALUES ({ns}, {_SQLITE_NEXT}, {kind}, {session}, {who}, "
+        f"{ev}, {seq}, {snap}, {mem}, {_SQLITE_NOW});"
+    )
+
+
+def _session_of(row: str) -> str:
+    return (
+        f"(SELECT {_json_object('s', _SESSION_COLUMNS)} FROM sessions s "
+        f"WHERE s.namespace = {row}.namespace AND s.session = {row}.session)"
+    )
+
+
+def _session_exists(row: str) -> str:
+    return (
+        f"EXISTS (SELECT 1 FROM sessions s WHERE s.namespace = {row}.namespace AND s.session = {row}.session)"
+    )
+
+
+_SQLITE_UPDATE_KIND = (
+    f"CASE WHEN OLD.delete_time IS NULL AND NEW.delete_time IS NOT NULL THEN {DELETED} "
+    f"WHEN OLD.delete_time IS NOT NULL AND NEW.delete_time IS NULL THEN {UNDELETED} "
+    f"WHEN NEW.version <> OLD.version THEN {UPDATED} ELSE {ACTIVITY} END"
+)
+
+_SQLITE_TRIGGERS = [
+    "CREATE TRIGGER tether_session_created AFTER INSERT ON sessions BEGIN "
+    + _sqlite_insert(
+        "NEW.namespace",
+        str(CREATED),
+        "NEW.session",
+        "NULL",
+        "NULL",
+        "NULL",
+        _json_object("NEW", _SESSION_COLUMNS),
+        "NULL",
+    )
+    + " END",
+    "CREATE TRIGGER tether_session_changed AFTER UPDATE ON sessions "
+    "WHEN NEW.member_count = OLD.member_count AND NEW.event_count = OLD.event_count "
+    "AND (NEW.version <> OLD.version OR NEW.last_activity_time <> OLD.last_activity_time "
+    "OR NEW.delete_time IS NOT OLD.delete_time) BEGIN "
+    + _sqlite_insert(
+        "NEW.namespace",
+        _SQLITE_UPDATE_KIND,
+        "NEW.session",
+        "NULL",
+        "NULL",
+        "NULL",
+        _json_object("NEW", _SESSION_COLUMNS),
+        "NULL",
+    )
+    + " END",
+    "CREATE TRIGGER tether_session_purged AFTER DELETE ON sessions "
+    "WHEN EXISTS (SELECT 1 FROM namespaces WHERE namespace = OLD.namespace) BEGIN "
+    + _sqlite_insert(
+        "OLD.namespace",
+        str(PURGED),
+        "OLD.session",
+        "NULL",
+        "NULL",
+        "NULL",
+        _json_object("OLD", _SESSION_COLUMNS),
+        "NULL",
+    )
+    + " END",
+    f"CREATE TRIGGER tether_member_added AFTER INSERT ON members WHEN {_session_exists('NEW')} BEGIN "
+    + _sqlite_insert(
+        "NEW.namespace",
+        str(MEMBER_ADDED),
+        "NEW.session",
+        "NEW.participant",
+        "NULL",
+        "NULL",
+        _session_of("NEW"),
+        _json_object("NEW", _MEMBER_COLUMNS),
+    )
+    + " END",
+    f"CREATE TRIGGER tether_member_removed AFTER DELETE ON members WHEN {_session_exists('OLD')} BEGIN "
+    + _sqlite_insert(
+        "OLD.namespace",
+        str(MEMBER_REMOVED),
+        "OLD.session",
+        "OLD.participant",
+        "NULL",
+        "NULL",
+        _session_of("OLD"),
+        _json_object("OLD", _MEMBER_COLUMNS),
+    )
+    + " END",
+    f"CREATE TRIGGER tether_event_appended AFTER INSERT ON events WHEN {_session_exists('NEW')} BEGIN "
+    + _sqlite_insert(
+        "NEW.namespace",
+        str(EVENT_APPENDED),
+        "NEW.session",
+        "NULL",
+        "NEW.event",
+        "NEW.sequence",
+        _session_of("NEW"),
+        "NULL",
+    )
+    + " END",
+    f"CREATE TRIGGER tether_event_deleted AFTER DELETE ON events WHEN {_session_exists('OLD')} BEGIN "
+    + _sqlite_insert(
+        "OLD.namespace",
+        str(EVENT_DELETED),
+        "OLD.session",
+        "NULL",
+        "OLD.event",
+        "OLD.sequence",
+        _session_of("OLD"),
+        "NULL",
+    )
+    + " END",
+]
+_SQLITE_TRIGGER_NAMES = [
+    "tether_session_created",
+    "tether_session_changed",
+    "tether_session_purged",
+    "tether_member_added",
+    "tether_member_removed",
+    "tether_event_appended",
+    "tether_event_deleted",
+]
+
+
+def upgrade() -> None:
+    op.add_column(
+        "sessions", sa.Column("revision", sa.BigInteger(), nullable=False, server_default=sa.text("0"))
+    )
+    op.add_column(
+        "namespaces",
+        sa.Column("compacted_revision", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+    )
+    op.create_table(
+        "changes",
+        sa.Column("namespace", sa.String(63), nullable=False),
+        sa.Column("revision", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("type", sa.SmallInteger(), nullable=False),
+        sa.Column("session", sa.String(63), nullable=False),
+        sa.Column("participant", sa.String(63), nullable=True),
+        sa.Column("event", sa.String(63), nullable=True),
+        sa.Column("sequence", sa.BigInteger(), nullable=True),
+        sa.Column("snapshot", JSON, nullable=False),
+        sa.Column("member", JSON, nullable=True),
+        sa.Column("change_time", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["namespace"],
+            ["namespaces.namespace"],
+            name="fk_changes_namespace_namespaces",
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("namespace", "revision", name="pk_changes"),
+    )
+    # The process-wide scan for namespaces with news, and SQLite's next revision.
+    op.create_index("ix_changes_revision", "changes", ["revision"])
+    # Compaction by age.
+    op.create_index("ix_changes_change_time", "changes", ["change_time"])
+    if op.get_bind().dialect.name == "postgresql":
+        # One statement per execute (asyncpg prepares each); the functions are separated
+        # by blank lines and hold none.
+        for statement in [*_PG_FUNCTIONS.strip().split("\n\n"), *_PG_TRIGGERS]:
+            op.execute(statement)
+    else:
+        for statement in _SQLITE_TRIGGERS:
+            op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for statement in _PG_DROP.strip().splitlines():
+            op.execute(statement)
+    else:
+        for name in _SQLITE_TRIGGER_NAMES:
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+    op.drop_index("ix_changes_change_time", table_name="changes")
+    op.drop_index("ix_changes_revision", table_name="changes")
+    op.drop_table("changes")
+    with op.batch_alter_table("namespaces") as batch:
+        batch.drop_column("compacted_revision")
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("revision")
