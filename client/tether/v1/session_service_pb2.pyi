@@ -1592,6 +1592,8 @@ class WatchSessionsResponse(_message.Message):
         """An event was appended to a session."""
         CHANGE_TYPE_EVENT_DELETED: WatchSessionsResponse._ChangeType.ValueType  # 10
         """An event was deleted (DeleteEvent, PurgeEvents, or its author purged)."""
+        CHANGE_TYPE_MEMBER_UPDATED: WatchSessionsResponse._ChangeType.ValueType  # 11
+        """A member's role changed (UpdateMember)."""
 
     class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper):
         """What happened."""
@@ -1620,6 +1622,8 @@ class WatchSessionsResponse(_message.Message):
     """An event was appended to a session."""
     CHANGE_TYPE_EVENT_DELETED: WatchSessionsResponse.ChangeType.ValueType  # 10
     """An event was deleted (DeleteEvent, PurgeEvents, or its author purged)."""
+    CHANGE_TYPE_MEMBER_UPDATED: WatchSessionsResponse.ChangeType.ValueType  # 11
+    """A member's role changed (UpdateMember)."""
 
     REVISION_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
@@ -1639,7 +1643,7 @@ class WatchSessionsResponse(_message.Message):
 
     @_builtins.property
     def member(self) -> _session_pb2.Member:
-        """The member, for MEMBER_ADDED and MEMBER_REMOVED."""
+        """The member, for MEMBER_ADDED, MEMBER_UPDATED and MEMBER_REMOVED."""
 
     @_builtins.property
     def change_time(self) -> _timestamp_pb2.Timestamp:

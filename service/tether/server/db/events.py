@@ -626,12 +626,13 @@ def _delete_in(conn: Connection, namespace: str, session: str, event: str) -> No
     locked = session_db.row_in(conn, namespace, session, lock=True)
     if locked is None:
         raise errors.not_found(Resource.EVENT, name)
+    # The count first, so that the event's change (migration 0005) shows the session after it.
+    _move_event_count(conn, namespace, session, -1)
     stmt = delete(events).where(_EVENT_KEY).returning(events.c.sequence)
     if conn.execute(stmt, _event_params(namespace, session, event)).first() is None:
-        raise errors.not_found(Resource.EVENT, name)
+        raise errors.not_found(Resource.EVENT, name)  # rolls the count back
     if locked["delete_time"] is not None:
         raise session_db.deleted_error(locked)  # rolls the delete back
-    _move_event_count(conn, namespace, session, -1)
 
 
 def _move_event_count(conn: Connection, namespace: str, session: str, delta: int) -> None:
@@ -686,8 +687,9 @@ def _purge_in(
     _require_session(conn, namespace, session, lock=True)
     count, sample = _count(conn, namespace, session, where)
     if count:
-        conn.execute(delete(events).where(*_matching(namespace, session, where)))
+        # The count first, so that the events' changes show the session after the purge.
         _move_event_count(conn, namespace, session, -count)
+        conn.execute(delete(events).where(*_matching(namespace, session, where)))
     return count, sample
 
 

@@ -274,6 +274,13 @@ async def update_role(
     async with db.transaction() as conn:
         current_session = await session_db.get_in(conn, namespace, session, lock=True)
         await _check_manageable(conn, namespace, session, participant, current_session["managed"], condition)
+        # A write to the session row that changes nothing: on PostgreSQL its trigger orders
+        # this transaction's MEMBER_UPDATED among the session's changes (migration 0005).
+        await conn.execute(
+            update(sessions)
+            .where(sessions.c.namespace == namespace, sessions.c.session == session)
+            .values(revision=sessions.c.revision)
+        )
         if (await conn.execute(stmt)).first() is None:
             current = await _get(conn, namespace, session, participant)
             etags.check(
@@ -299,11 +306,7 @@ async def remove(
                 Reason.SESSION_DELETED, f"session {names.session_name(namespace, session)!r} is deleted"
             )
         await _check_manageable(conn, namespace, session, participant, current["managed"], condition)
-        deleted = await conn.execute(
-            delete(members).where(_pk(namespace, session, participant)).returning(members.c.participant)
-        )
-        if deleted.first() is None:
-            raise errors.not_found(Resource.MEMBER, name)
+        # The count first, so that the member's change (migration 0005) shows the session after it.
         await conn.execute(
             update(sessions)
             .where(sessions.c.namespace == namespace, sessions.c.session == session)
@@ -311,3 +314,8 @@ async def remove(
                 member_count=sessions.c.member_count - 1, update_time=utcnow(), version=sessions.c.version + 1
             )
         )
+        deleted = await conn.execute(
+            delete(members).where(_pk(namespace, session, participant)).returning(members.c.participant)
+        )
+        if deleted.first() is None:
+            raise errors.not_found(Resource.MEMBER, name)  # rolls the count back

@@ -47,7 +47,7 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 # Change types: WatchSessionsResponse.ChangeType's numbers.
 CREATED, UPDATED, DELETED, UNDELETED, PURGED = 1, 2, 3, 4, 5
-MEMBER_ADDED, MEMBER_REMOVED, ACTIVITY, EVENT_APPENDED, EVENT_DELETED = 6, 7, 8, 9, 10
+MEMBER_ADDED, MEMBER_REMOVED, ACTIVITY, EVENT_APPENDED, EVENT_DELETED, MEMBER_UPDATED = 6, 7, 8, 9, 10, 11
 
 # ---------------------------------------------------------------- PostgreSQL
 
@@ -137,11 +137,16 @@ DECLARE
   m members;
   snap jsonb;
 BEGIN
-  IF TG_OP = 'INSERT' THEN m := NEW; ELSE m := OLD; END IF;
+  IF TG_OP = 'DELETE' THEN m := OLD; ELSE m := NEW; END IF;
+  IF TG_OP = 'UPDATE' AND NEW.version = OLD.version THEN
+    RETURN NULL;
+  END IF;
   SELECT to_jsonb(s) INTO snap FROM sessions s WHERE s.namespace = m.namespace AND s.session = m.session;
   IF snap IS NOT NULL THEN
     PERFORM tether_record_change(
-      m.namespace, (CASE TG_OP WHEN 'INSERT' THEN {MEMBER_ADDED} ELSE {MEMBER_REMOVED} END)::smallint,
+      m.namespace,
+      (CASE TG_OP WHEN 'INSERT' THEN {MEMBER_ADDED} WHEN 'UPDATE' THEN {MEMBER_UPDATED}
+                  ELSE {MEMBER_REMOVED} END)::smallint,
       m.session, m.participant, NULL, NULL, snap, to_jsonb(m));
   END IF;
   RETURN NULL;
@@ -171,7 +176,7 @@ _PG_TRIGGERS = [
     "FOR EACH ROW EXECUTE FUNCTION tether_session_order()",
     "CREATE TRIGGER tether_session_change AFTER INSERT OR UPDATE OR DELETE ON sessions "
     "FOR EACH ROW EXECUTE FUNCTION tether_session_change()",
-    "CREATE TRIGGER tether_member_change AFTER INSERT OR DELETE ON members "
+    "CREATE TRIGGER tether_member_change AFTER INSERT OR UPDATE OR DELETE ON members "
     "FOR EACH ROW EXECUTE FUNCTION tether_member_change()",
     "CREATE TRIGGER tether_event_change AFTER INSERT OR DELETE ON events "
     "FOR EACH ROW EXECUTE FUNCTION tether_event_change()",
@@ -323,6 +328,19 @@ _SQLITE_TRIGGERS = [
         _json_object("NEW", _MEMBER_COLUMNS),
     )
     + " END",
+    "CREATE TRIGGER tether_member_updated AFTER UPDATE ON members "
+    f"WHEN NEW.version <> OLD.version AND {_session_exists('NEW')} BEGIN "
+    + _sqlite_insert(
+        "NEW.namespace",
+        str(MEMBER_UPDATED),
+        "NEW.session",
+        "NEW.participant",
+        "NULL",
+        "NULL",
+        _session_of("NEW"),
+        _json_object("NEW", _MEMBER_COLUMNS),
+    )
+    + " END",
     f"CREATE TRIGGER tether_member_removed AFTER DELETE ON members WHEN {_session_exists('OLD')} BEGIN "
     + _sqlite_insert(
         "OLD.namespace",
@@ -365,6 +383,7 @@ _SQLITE_TRIGGER_NAMES = [
     "tether_session_changed",
     "tether_session_purged",
     "tether_member_added",
+    "tether_member_updated",
     "tether_member_removed",
     "tether_event_appended",
     "tether_event_deleted",
