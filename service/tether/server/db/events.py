@@ -59,6 +59,10 @@ GROUP, TRIGGER = session_pb2.Session.KIND_GROUP, session_pb2.Session.KIND_TRIGGE
 # Kinds whose non-member authors join (as MEMBER) instead of being refused.
 JOINABLE_KINDS = (GROUP, TRIGGER)
 EVENT_INDEX = "uq_events_event"
+# Events a PurgeEvents transaction deletes at most (see `purge`).
+PURGE_BATCH = 10_000
+# Events a PurgeEvents transaction deletes at most (see `purge`).
+PURGE_BATCH = 10_000
 PURGE_SAMPLE = 100
 
 
@@ -647,10 +651,19 @@ async def purge(
     db: Database, namespace: str, session: str, where: ColumnElement[bool] | None, *, force: bool
 ) -> tuple[int, list[str]]:
     """Count the session's events matching `where` (None: all) and name up to 100, oldest
-    first; with `force` delete them, moving event_count, in the same transaction."""
-    if force:
-        return await db.write(_purge_in, namespace, session, where)
-    return await db.query(_count_in, namespace, session, where)
+    first; with `force` delete them, oldest first, in transactions of at most
+    PURGE_BATCH events that each move event_count with their deletes (so that a purge of
+    millions neither holds one huge transaction nor makes more changes in one than a
+    WatchSessions revision can number)."""
+    if not force:
+        return await db.query(_count_in, namespace, session, where)
+    total, sample = 0, list[str]()
+    while True:
+        done, names_ = await db.write(_purge_batch_in, namespace, session, where, PURGE_BATCH)
+        total += done
+        sample += names_[: PURGE_SAMPLE - len(sample)]
+        if done < PURGE_BATCH:
+            return total, sample
 
 
 def _matching(namespace: str, session: str, where: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
@@ -681,16 +694,21 @@ def _count(
     return int(count), [names.event_name(namespace, session, event) for event in sample]
 
 
-def _purge_in(
-    conn: Connection, namespace: str, session: str, where: ColumnElement[bool] | None
+def _purge_batch_in(
+    conn: Connection, namespace: str, session: str, where: ColumnElement[bool] | None, limit: int
 ) -> tuple[int, list[str]]:
+    """Purge the oldest `limit` events matching `where`: (how many, the first names)."""
     _require_session(conn, namespace, session, lock=True)
-    count, sample = _count(conn, namespace, session, where)
-    if count:
-        # The count first, so that the events' changes show the session after the purge.
-        _move_event_count(conn, namespace, session, -count)
-        conn.execute(delete(events).where(*_matching(namespace, session, where)))
-    return count, sample
+    matching = _matching(namespace, session, where)
+    picked = conn.execute(
+        select(events.c.sequence, events.c.event).where(*matching).order_by(events.c.sequence).limit(limit)
+    ).all()
+    if not picked:
+        return 0, []
+    # The count first, so that the events' changes (migration 0005) show the session after the purge.
+    _move_event_count(conn, namespace, session, -len(picked))
+    conn.execute(delete(events).where(*matching, events.c.sequence <= picked[-1].sequence))
+    return len(picked), [names.event_name(namespace, session, row.event) for row in picked[:PURGE_SAMPLE]]
 
 
 async def also_created(db: Database, claim: idempotency_db.Claim) -> list[str]:
