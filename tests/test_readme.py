@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,54 @@ def test_readme_story_runs_top_to_bottom_twice(server_factory: ServerFactory) ->
     assert out_again.count('"text": "Is the status page right?"') == 2  # newest first: 2, 1
     assert set(SESSION_NAME.findall(out_again)) == set(SESSION_NAME.findall(out))
     assert f'"name": "{dm.name}"' in out_again
+
+
+def _read_until(command: list[str], wanted: list[str], env: dict[str, str]) -> str:
+    """Run a command that streams forever; its output up to the line holding the last of
+    `wanted` (each in turn), then stop it. The deadline is only a safety net."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    timer = threading.Timer(60, process.kill)
+    timer.start()
+    seen: list[str] = []
+    try:
+        assert process.stdout is not None
+        remaining = list(wanted)
+        for line in process.stdout:
+            seen.append(line)
+            while remaining and remaining[0] in "".join(seen):
+                remaining.pop(0)
+            if not remaining:
+                break
+        assert not remaining, "".join(seen) + (process.stderr.read() if process.stderr else "")
+        return "".join(seen)
+    finally:
+        timer.cancel()
+        process.kill()
+        process.wait()
+
+
+def test_readme_watch_examples_follow_the_story(server_factory: ServerFactory) -> None:
+    server = server_factory()
+    _, story = run_python_example(server)
+    dm = story["session"].name
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    (snippet,) = _blocks("python", "Watching changes")
+    printed = _read_until(
+        [sys.executable, "-c", snippet.replace(DOCUMENTED_ADDRESS, server.target)],
+        [f"CHANGE_TYPE_CREATED {dm} 0", f"CHANGE_TYPE_EVENT_APPENDED {dm} 1"],
+        env,
+    )
+    revisions = [int(line.split()[0]) for line in printed.splitlines()]
+    assert revisions == sorted(set(revisions))  # strictly increasing
+
+    (script,) = _blocks("sh", "Watching changes")
+    out = _read_until(
+        ["bash", "-c", script.replace(DOCUMENTED_ADDRESS, server.target)],
+        ['"type": "CHANGE_TYPE_EVENT_APPENDED"', '"topic": "orders"'],
+        env,
+    )
+    assert f'"name": "{dm}"' in out
+    # The read mask left the other fields out.
+    assert '"displayName"' not in out
+    assert '"display_name"' not in out

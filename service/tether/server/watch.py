@@ -10,7 +10,8 @@ Wake-ups come from one `ChangeHub` per process, never from polling per watcher:
 - a write in this process (the call guard and the sweeper `poke()` the hub);
 - on PostgreSQL, a write in another process: after its writes the hub of that
   process sends `NOTIFY tether_changes` (coalesced, at most one per
-  `NOTIFY_INTERVAL`), and each hub LISTENs on one connection of its own;
+  `NOTIFY_INTERVAL`, none while no other process listens), and each hub with
+  watchers LISTENs on one connection of its own;
 - a bounded poll (`poll_interval`) as the safety net, and sooner while changes wait
   behind an older transaction that is still running (`changes.ready`).
 
@@ -42,7 +43,11 @@ from tether.v1 import session_service_pb2 as pb
 CHANNEL = "tether_changes"
 # Seconds between two NOTIFYs of one process (each is a small transaction that
 # PostgreSQL serializes with every other notifying commit).
-NOTIFY_INTERVAL = 0.002
+NOTIFY_INTERVAL = 0.005
+# Seconds between a process's looks at whether any other process listens (until one
+# does, a NOTIFY would be work for nobody; a new listener's poll covers the gap).
+LISTENERS_CHECK_INTERVAL = 1.0
+LISTENER_NAME = "tether-watch:"
 # Seconds between the hub's looks at the log while changes wait for an older
 # transaction: the first, and the most it backs off to (below the poll interval).
 WAITING_RETRY = 0.002
@@ -161,7 +166,11 @@ class ChangeHub:
 
     async def _listen(self) -> None:
         try:
-            connection = await asyncpg.connect(asyncpg_dsn(self._url), timeout=CONNECT_TIMEOUT)
+            connection = await asyncpg.connect(
+                asyncpg_dsn(self._url),
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"application_name": LISTENER_NAME + self._me},
+            )
             await connection.add_listener(CHANNEL, self._notified)
             connection.add_termination_listener(self._listener_lost)
         except Exception as exc:  # down for now: the poll covers, the next wake-up tries again
@@ -177,16 +186,32 @@ class ChangeHub:
             self._wake.set()
 
     async def _notify(self) -> None:
-        """Tell the other processes after this one wrote: one NOTIFY for however many writes."""
+        """Tell the other processes after this one wrote: one NOTIFY for however many writes,
+        none while no other process listens."""
         assert self._db.hot is not None
+        others, checked = False, float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             await self._poked.wait()
             self._poked.clear()
             try:
-                await self._db.hot.fetchrow("SELECT pg_notify($1, $2)", CHANNEL, self._me)
+                if loop.time() - checked >= LISTENERS_CHECK_INTERVAL:
+                    checked, others = loop.time(), await self._others_listen()
+                if others:
+                    await self._db.hot.fetchrow("SELECT pg_notify($1, $2)", CHANNEL, self._me)
             except Exception as exc:  # their poll covers
                 self._log.warning("watch_notify_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(NOTIFY_INTERVAL)
+
+    async def _others_listen(self) -> bool:
+        assert self._db.hot is not None
+        row = await self._db.hot.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE $1 "
+            "AND application_name <> $2) AS others",
+            LISTENER_NAME + "%",
+            LISTENER_NAME + self._me,
+        )
+        return bool(row and row["others"])
 
 
 # --- one watch ---------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class OutOfRangeError(Exception):
 def _frontier_sql(dialect: str) -> Any:
     if dialect == "postgresql":
         return literal_column(f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {XID_SHIFT})")
-    return select(func.coalesce(func.max(changes.c.revision), 0) + 1).scalar_subquery()
+    return select(func.coalesce(func.max(changes.c.revision), 1) + 1).scalar_subquery()
 
 
 # --- the session, member and event as of a change -------------------------------------------

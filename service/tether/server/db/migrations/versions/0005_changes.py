@@ -20,7 +20,8 @@ The revision, per namespace strictly increasing and delivered gap-free:
   lock) is refused with SQLSTATE TX001 and retried by the server in a new
   transaction, so one session's changes are in revision order as they happened.
 - SQLite: writers take turns on the database, so the next revision is the largest
-  so far plus one (compaction always keeps the newest change, so it never goes back).
+  so far plus one (compaction always keeps the newest change, so it never goes back;
+  the first is 2, so that `start_revision = 1` is "every change held" on both).
 
 `namespaces.compacted_revision`: changes up to it may be gone (a resume point below
 it is OUT_OF_RANGE).
@@ -243,7 +244,9 @@ def _json_object(row: str, columns: Sequence[str]) -> str:
     return "json_object(" + ", ".join(f"'{c}', {value(c)}" for c in columns) + ")"
 
 
-_SQLITE_NEXT = "(SELECT coalesce(max(revision), 0) + 1 FROM changes)"
+# Revisions start at 2 (PostgreSQL's are far larger), so that `start_revision = 1` means
+# "every change still held" on both (0 means "from now").
+_SQLITE_NEXT = "(SELECT coalesce(max(revision), 1) + 1 FROM changes)"
 # Microseconds, as the UTC columns store them.
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'"
 
