@@ -46,6 +46,11 @@ every `sweep_interval` seconds (0: never), logs `sweep` with its counts when it
 changed anything and `sweep_failed` when it could not (and tries again next
 time). Replicas take turns through a database lock (see the sweeper module).
 
+WatchSessions: one change hub per process (`tether.server.watch.ChangeHub`) wakes the
+watch streams; stopping ends them with UNAVAILABLE (`SERVER_SHUTTING_DOWN`) once the
+drain is over, so their clients resume on another replica. The sweeper task also
+compacts the change log (`TETHER_WATCH_RETENTION`, `TETHER_WATCH_MAX_CHANGES`).
+
 Security: every SessionService call passes the call guard (`interceptors.CallGuard`)
 (`tether.server.policy`): bearer tokens from the auth file, namespace
 isolation, roles. SIGHUP re-reads the auth file (`auth_reloaded`, or

@@ -16,6 +16,11 @@ interceptor pipeline that runs several coroutines per call, on the hot path.)
 - anything else is a bug: logged with its traceback, answered with a generic
   INTERNAL that carries no SQL, no exception text and no stack.
 
+A call whose write was refused by the revision order check of WatchSessions' change log
+(SQLSTATE TX001, `errors.is_order_race`; the refused transaction was rolled back whole)
+runs again at once, up to 8 times. After every mutating call the guard tells the process's
+change hub (`on_write`), which wakes the watchers.
+
 Then it logs `rpc` with `method`, `code` (the status code name), `principal`
 and `duration_ms`, and for a mutating method an `audit` line with
 `principal`, `method`, `resource` and `code`. Health and reflection are
