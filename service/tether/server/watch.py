@@ -50,11 +50,12 @@ LISTENERS_CHECK_INTERVAL = 1.0
 LISTENER_NAME = "tether-watch:"
 # Seconds between the hub's looks at the log while changes wait for an older
 # transaction: the first, and the most it backs off to (below the poll interval).
-WAITING_RETRY = 0.002
+WAITING_RETRY = 0.005
 WAITING_RETRY_MAX = 0.05
-# Seconds a watcher waits for its hub at most before it looks itself (the hub's own
-# poll is the safety net; this one only outlasts a hub that cannot reach the database).
-WATCHER_POLL = 30.0
+# Seconds between two of the hub's looks at the log at least: under a stream of writes
+# each look (and each watcher's page) covers the writes of this long, so the cost per
+# change falls as the rate rises, for at most this much more delivery latency.
+SCAN_INTERVAL = 0.01
 # The initial metadata key that tells a watcher the revision its stream starts after.
 REVISION_METADATA = "tether-revision"
 _ALL_SESSION_FIELDS = frozenset(field.name for field in session_pb2.Session.DESCRIPTOR.fields)
@@ -126,9 +127,9 @@ class ChangeHub:
         return signal
 
     async def wait(self, signal: asyncio.Event) -> None:
-        """Until `signal` is set (or WATCHER_POLL passed); SERVER_SHUTTING_DOWN once closed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(signal.wait(), WATCHER_POLL)
+        """Until `signal` is set (the hub sets every signal after it could not reach the
+        database, so nothing waits for good); SERVER_SHUTTING_DOWN once closed."""
+        await signal.wait()
         if self._closed.is_set():
             raise errors.ApiError(
                 Reason.SERVER_SHUTTING_DOWN, "the server is shutting down; resume the watch"
@@ -157,12 +158,14 @@ class ChangeHub:
             try:
                 first = position is None
                 position, news, waiting = await changes_db.ready(self._db, position)
-            except Exception as exc:  # the database may be down; the watchers' poll covers
+            except Exception as exc:  # the database may be down: the next look starts afresh
                 self._log.warning("watch_hub_failed", error=f"{type(exc).__name__}: {exc}")
                 position, retry = None, None
+                self._wake_namespaces(list(self._signals))  # their reads fail (UNAVAILABLE) or catch up
                 continue
             self._wake_namespaces(list(self._signals) if first else news)
             retry = (min(retry * 2, WAITING_RETRY_MAX) if retry else WAITING_RETRY) if waiting else None
+            await asyncio.sleep(SCAN_INTERVAL)
 
     async def _listen(self) -> None:
         try:

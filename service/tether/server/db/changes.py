@@ -142,7 +142,7 @@ def _page_select(
     dialect: str,
     namespace: str,
     after: int,
-    through: int,
+    through: int | ColumnElement[Any],
     where: ColumnElement[bool] | None,
     with_state: bool,
 ) -> Any:
@@ -260,6 +260,62 @@ def _read_in(
     return Page(found, last if full else max(last, frontier - 1), more=full)
 
 
+def _page_in_one_statement(
+    namespace: str, after: int, where: ColumnElement[bool] | None, with_state: bool, limit: int
+) -> Any:
+    """PostgreSQL: the frontier, the compaction mark, the window and the page in one
+    statement (one snapshot, one round trip): at least one row, the page's columns NULL
+    when the window is empty."""
+    f = select(
+        _frontier_sql("postgresql").label("frontier"),
+        select(namespaces.c.compacted_revision)
+        .where(namespaces.c.namespace == namespace)
+        .scalar_subquery()
+        .label("compacted"),
+    ).cte("f")
+    window = (
+        select(changes.c.revision)
+        .where(
+            changes.c.namespace == namespace,
+            changes.c.revision > after,
+            changes.c.revision < select(f.c.frontier).scalar_subquery(),
+        )
+        .order_by(changes.c.revision)
+        .limit(limit)
+        .cte("w")
+    )
+    bounds = select(func.max(window.c.revision).label("last"), func.count().label("n")).cte("b")
+    last = select(bounds.c.last).scalar_subquery()
+    page = _page_select("postgresql", namespace, after, last, where, with_state).subquery("page")
+    return select(f.c.frontier, f.c.compacted, bounds.c.last, bounds.c.n, page).select_from(
+        f.join(bounds, true()).outerjoin(page, true())
+    )
+
+
+async def _read_postgresql(
+    db: Database, namespace: str, after: int, where: ColumnElement[bool] | None, with_state: bool, limit: int
+) -> Page:
+    async with db.read() as conn:
+        result = await conn.execute(_page_in_one_statement(namespace, after, where, with_state, limit))
+        rows = result.mappings().all()
+        head = rows[0]
+        if head["compacted"] is None:
+            raise errors.not_found(errors.Resource.NAMESPACE, f"namespaces/{namespace}")
+        if after < head["compacted"]:
+            oldest = (
+                await conn.execute(
+                    select(func.min(changes.c.revision)).where(changes.c.namespace == namespace)
+                )
+            ).scalar_one_or_none()
+            raise OutOfRangeError(after, head["compacted"], oldest or head["compacted"])
+    frontier, last, count = head["frontier"], head["last"], head["n"]
+    if not count:
+        return Page([], max(after, frontier - 1), more=False)
+    found = [_change(row, namespace, with_state) for row in rows if row["revision"] is not None]
+    full = count >= limit
+    return Page(found, last if full else max(last, frontier - 1), more=full)
+
+
 async def read(
     db: Database,
     namespace: str,
@@ -272,7 +328,9 @@ async def read(
     """The next page of `namespace`'s final changes after revision `after` that match
     `where` (a ListSessions filter); OutOfRangeError when some were compacted away,
     NOT_FOUND when the namespace is gone."""
-    # The frontier, the compaction mark and the page in one snapshot.
+    if db.is_postgresql:
+        return await _read_postgresql(db, namespace, after, where, with_state, limit)
+    # The frontier, the compaction mark and the page in one snapshot (a read transaction).
     return await db.snapshot(_read_in, namespace, after, where, with_state, limit)
 
 
@@ -286,11 +344,30 @@ async def head(db: Database, namespace: str) -> int:
     return await db.query(_head_in, namespace)
 
 
+# The hub's scan on PostgreSQL, one statement on the hot pool: one row per namespace
+# with changes after $1 (namespace NULL when there are none), each with its newest final
+# revision (NULL when all of them still wait for the frontier), and the frontier.
+_READY_SQL = (
+    f"WITH f AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {XID_SHIFT} AS frontier) "
+    "SELECT f.frontier, c.namespace, max(c.revision) FILTER (WHERE c.revision < f.frontier) AS ready, "
+    "count(*) FILTER (WHERE c.revision >= f.frontier) AS waiting "
+    "FROM f LEFT JOIN changes c ON c.revision > $1::bigint GROUP BY f.frontier, c.namespace"
+)
+
+
 async def ready(db: Database, after: int | None) -> tuple[int, dict[str, int], bool]:
     """For a process's wake-ups: the new position (frontier - 1), the namespaces with
     changes final since position `after` (None: none yet, just the position) and their
     newest, and whether changes past the frontier wait for older transactions to end."""
-    return await db.query(_ready_in, after)
+    if db.hot is None:
+        return await db.query(_ready_in, after)
+    rows = await db.hot.fetch(_READY_SQL, HIGHEST if after is None else after)
+    frontier = int(rows[0]["frontier"])
+    if after is None:
+        return frontier - 1, {}, False
+    news = {row["namespace"]: int(row["ready"]) for row in rows if row["ready"] is not None}
+    waiting = any(row["waiting"] for row in rows)
+    return max(after, frontier - 1), news, waiting
 
 
 def _ready_in(conn: Connection, after: int | None) -> tuple[int, dict[str, int], bool]:

@@ -75,6 +75,20 @@ class HotPool:
         """Replace every connection on its next use (after an outage they are likely dead)."""
         await self._pool.expire_connections()
 
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        """Every row of `sql` run with `args` (failures as `fetchrow`'s)."""
+        try:
+            connection = await self._pool.acquire()
+        except Exception as exc:  # no connection to be had, whatever the server says why
+            raise errors.unavailable() from exc
+        try:
+            records = await connection.fetch(sql, *args)
+        except _CONNECTION_FAILURES as exc:
+            raise errors.unavailable() from exc
+        finally:
+            await self._pool.release(connection)
+        return [dict(record.items()) for record in records]
+
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
         """The first row of `sql` run with `args`, or None. A connection that failed is
         UNAVAILABLE (asyncpg's pool replaces it); a failed statement raises as it is.

@@ -143,7 +143,9 @@ BEGIN
     RETURN NULL;
   END IF;
   SELECT to_jsonb(s) INTO snap FROM sessions s WHERE s.namespace = m.namespace AND s.session = m.session;
-  IF snap IS NOT NULL THEN
+  -- A member added while the session is at version 1 is one it was created with (every
+  -- later membership change moves the version first): its CREATED says it.
+  IF snap IS NOT NULL AND NOT (TG_OP = 'INSERT' AND (snap ->> 'version')::bigint = 1) THEN
     PERFORM tether_record_change(
       m.namespace,
       (CASE TG_OP WHEN 'INSERT' THEN {MEMBER_ADDED} WHEN 'UPDATE' THEN {MEMBER_UPDATED}
@@ -319,7 +321,8 @@ _SQLITE_TRIGGERS = [
         "NULL",
     )
     + " END",
-    f"CREATE TRIGGER tether_member_added AFTER INSERT ON members WHEN {_session_exists('NEW')} BEGIN "
+    "CREATE TRIGGER tether_member_added AFTER INSERT ON members WHEN (SELECT s.version > 1 FROM sessions s "
+    "WHERE s.namespace = NEW.namespace AND s.session = NEW.session) BEGIN "
     + _sqlite_insert(
         "NEW.namespace",
         str(MEMBER_ADDED),
