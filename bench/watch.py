@@ -30,6 +30,7 @@ import uvloop
 from bench import cpu
 from bench.load import CHANNEL_OPTIONS, percentile
 from tether.client import AsyncSessionsClient
+from tether.server import watch as server_watch
 from tether.v1 import session_service_pb2, session_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,8 @@ DRAIN_TIMEOUT = 30.0
 # Seconds to wait for a stream (or the watcher process) to come up.
 OPEN_TIMEOUT = 60.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Seconds after which an idle watcher looks at the log itself, whatever its hub says.
+WATCHER_POLL = server_watch.WATCHER_POLL
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,12 @@ class Idle:
     idle_seconds: float
     server_cpu_s: float | None
     postgres_cpu_s: float | None  # the database's backends (None: not visible, e.g. SQLite)
+    # From the idle window's start until every watcher made its own look at the log, which
+    # each does WATCHER_POLL seconds after its last (all 1,000 at once, since they opened
+    # together): None when not measured (--quick).
+    round_seconds: float | None = None
+    round_server_cpu_s: float | None = None
+    round_postgres_cpu_s: float | None = None
 
     @property
     def mib_per_1000(self) -> float:
@@ -84,11 +93,23 @@ class Idle:
 
     @property
     def server_cpu_percent(self) -> float | None:
-        return None if self.server_cpu_s is None else 100 * self.server_cpu_s / self.idle_seconds
+        return percent(self.server_cpu_s, self.idle_seconds)
 
     @property
     def postgres_cpu_percent(self) -> float | None:
-        return None if self.postgres_cpu_s is None else 100 * self.postgres_cpu_s / self.idle_seconds
+        return percent(self.postgres_cpu_s, self.idle_seconds)
+
+    @property
+    def round_server_cpu_percent(self) -> float | None:
+        return percent(self.round_server_cpu_s, self.round_seconds)
+
+    @property
+    def round_postgres_cpu_percent(self) -> float | None:
+        return percent(self.round_postgres_cpu_s, self.round_seconds)
+
+
+def percent(cpu_s: float | None, seconds: float | None) -> float | None:
+    return None if cpu_s is None or not seconds else round(100 * cpu_s / seconds, 2)
 
 
 def wall_us() -> int:
@@ -233,9 +254,12 @@ async def idle_watchers(
     count: int = IDLE_WATCHERS,
     channels: int = IDLE_CHANNELS,
     seconds: float = IDLE_SECONDS,
+    *,
+    poll_round: bool = False,
 ) -> Idle:
     """The server's RSS before and after `count` streams of `parent` (a namespace that sees
-    no change) open, and its CPU time and its database backends' over `seconds` with them."""
+    no change) open, and its CPU time and its database backends' over `seconds` with them
+    (and with `poll_round` on until past the watchers' own looks at the log)."""
     server = cpu.tree(server_pid)
     opened = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(channels)]
     calls: list[grpc.aio.UnaryStreamCall[Any, Any]] = []
@@ -251,8 +275,19 @@ async def idle_watchers(
         await asyncio.sleep(1)  # whatever the set-up left to finish
         rss_after = cpu.rss_kib(server)
         server0, postgres0 = cpu.snapshot(server), cpu.snapshot(backends)
+        idle_began = time.perf_counter()
         await asyncio.sleep(seconds)
         server1, postgres1 = cpu.snapshot(server), cpu.snapshot(backends)
+        rounds: dict[str, float | None] = {}
+        if poll_round:
+            # Each stream's own look comes WATCHER_POLL after it opened; a few seconds more
+            # for 1,000 of them to read their (empty) page.
+            await asyncio.sleep(max(0.0, began + open_seconds + WATCHER_POLL + 5 - time.perf_counter()))
+            rounds = {
+                "round_seconds": round(time.perf_counter() - idle_began, 1),
+                "round_server_cpu_s": cpu.used(server0, cpu.snapshot(server)),
+                "round_postgres_cpu_s": cpu.used(postgres0, cpu.snapshot(backends)),
+            }
     finally:
         for call in calls:
             call.cancel()
@@ -267,6 +302,7 @@ async def idle_watchers(
         idle_seconds=seconds,
         server_cpu_s=cpu.used(server0, server1),
         postgres_cpu_s=cpu.used(postgres0, postgres1),
+        **rounds,
     )
 
 
