@@ -816,8 +816,9 @@ class Bench:
         self.add_ratios()
 
     async def run_sqlite(self, path: Path) -> None:
-        """The sqlite cells: a second `tether serve` (one process) on the SQLite file that
-        `bench.sqlite` seeded with as many sessions as the PostgreSQL database has now."""
+        """The sqlite cells, and the watch group's idle watchers on SQLite: a second `tether
+        serve` (one process) on the SQLite file that `bench.sqlite` seeded with as many
+        sessions as the PostgreSQL database has now."""
         process, target = start_tether(sqlite.url_of(path), self.s.pool_size, 1)
         gen = LoadGenerator(target, self.s.channels, process.pid)
         try:
