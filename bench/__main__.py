@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--json PATH] [--database-url URL | --server-url URL] [--workers N]
-[--no-sqlite]`: see README, "Performance".
+[--no-sqlite] [--only watch]`: see README, "Performance".
 
 By default the PostgreSQL side runs on a throwaway cluster the bench starts itself
 (`bench.cluster`: pg_stat_statements preloaded, so statements per operation are counted)
@@ -13,7 +13,9 @@ channel per connection, its default deadline, retry policy and request ids), `ev
 of their own), `mixed` (stub), `gateway` (a Slack-style gateway on the client,
 `bench.gateway`: one op is one message, one AppendEvent; and the same messages as 3-4
 calls of the API before events), `sqlite` (through the client, one `tether serve` on an
-SQLite file), `scale` (stub) and `scale client` at each size.
+SQLite file), `scale` (stub) and `scale client` at each size, and `watch` (WatchSessions,
+`bench.watch`: commit-to-delivery under the client's mixed workload, the write path with
+changes recorded and without, 1,000 idle watchers); `--only watch` runs only that group.
 
 With `--workers N` the tether server is `tether serve --workers N`: its CPU time and
 resident memory are those of the supervisor and all its worker processes, and the load
@@ -48,7 +50,7 @@ import asyncpg
 import grpc
 import uvloop
 
-from bench import cpu, sqlite
+from bench import cpu, sqlite, watch
 from bench import database as db
 from bench.cluster import Cluster, find_bindir, free_port
 from bench.floor import SERVICE as FLOOR_SERVICE
@@ -103,6 +105,14 @@ SQLITE_WRITERS = "64 writers: CreateSession + RecordActivity"
 SQLITE_WRITES_PER_S = 1000.0
 SQLITE_P99_MS = 100.0
 SQLITE_GET_P50_MS = 1.0
+WATCH_GROUP = "watch"
+WATCH_MIXED = "mixed (client) + 1 watcher"
+WATCH_MIXED_ALONE = "mixed (client), no watcher"
+WATCH_IDLE = f"{watch.IDLE_WATCHERS:,} idle watchers"
+# The write-path cells, each measured with changes recorded and without (GetSession: the
+# control, which no trigger touches).
+WATCH_WRITES = ("GetSession", "RecordActivity", "CreateSession", "AppendEvent")
+RECORDED, NOT_RECORDED = "changes recorded", "triggers off"
 # Every server process the bench started: stopped at exit whatever happened.
 CHILDREN: list[subprocess.Popen[bytes]] = []
 
@@ -122,11 +132,12 @@ class Settings:
     json_path: Path | None
     quick: bool
     sqlite: bool
+    only: str | None  # one group alone (the setup and seeding as always), or None: all
 
 
 @dataclass(slots=True)
 class Cell:
-    group: str  # floor, stub, client, events, mixed, gateway, sqlite, scale, scale client
+    group: str  # floor, stub, client, events, mixed, gateway, sqlite, scale, scale client, watch
     name: str
     in_flight: int
     sessions: int
@@ -166,6 +177,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         f"root), or {db.DEFAULT_SERVER} when no PostgreSQL binaries are found",
     )
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite cells")
+    parser.add_argument(
+        "--only", choices=(WATCH_GROUP,), help="run only this group of cells (with the usual setup)"
+    )
     parser.add_argument("--sizes", metavar="N,N", help="session counts for the scale cells")
     parser.add_argument("--seconds", type=float, metavar="S", help="measured seconds per cell")
     parser.add_argument("--mixed-seconds", type=float, metavar="S", help="seconds of the mixed run at 32")
@@ -197,6 +211,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         json_path=args.json,
         quick=args.quick,
         sqlite=not args.no_sqlite,
+        only=args.only,
     )
 
 
@@ -286,6 +301,12 @@ class Bench:
         self.gateway = Gateway(PARENT, f"g{self.run_id}-")
         self.multi_gateway = MultiCallGateway(PARENT, f"m{self.run_id}-")
         self.sqlite_gateway = Gateway(PARENT, f"g{self.run_id}-")
+        # The measured window of the last cell (wall clock, µs since the epoch): what the
+        # watch cells compare change times with.
+        self.window_us = (0, 0)
+
+    def wants(self, group: str) -> bool:
+        return self.s.only in (None, group)
 
     def stub(self, channel: grpc.aio.Channel) -> SessionServiceAsyncStub:
         """The raw generated stub (not AsyncSessionsClient): no client-side work beyond
@@ -511,6 +532,19 @@ class Bench:
             parent=f"{EVENTS_PARENT}/sessions/e-{index}", newest_first=True, page_size=20
         )
 
+    async def c_mixed(self, channel: grpc.aio.Channel, sequence: int) -> object:
+        """`mixed` through the client: the same 20 calls, the creating ones with request ids."""
+        slot = sequence % 20
+        if slot < 8:
+            return await self.c_record_activity(channel, sequence)
+        if slot < 13:
+            return await self.c_get_session(channel, sequence)
+        if slot < 17:
+            return await self.c_find_or_create_session(channel, sequence * 20 + 1)  # an existing key
+        if slot < 19:
+            return await self.c_list_first(channel, sequence)
+        return await self.c_create_session(channel, sequence)
+
     async def c_writes(self, channel: grpc.aio.Channel, sequence: int) -> object:
         """Half CreateSession, half RecordActivity."""
         if sequence % 2:
@@ -550,7 +584,9 @@ class Bench:
             cpu.snapshot(backends),
             time.process_time(),
         )
+        began = watch.wall_us()
         m: Measurement = await gen.run(call, in_flight=in_flight, seconds=seconds or self.s.seconds, warmup=0)
+        self.window_us = (began, watch.wall_us())
         check_alive(gen.server_pid, f"the server of the {group} {name!r} cell")
         server1, postgres1, client1 = (
             cpu.snapshot(server_pids),
@@ -686,10 +722,13 @@ class Bench:
             await self.gateway.setup(self.client(tether.channel))
             await self.multi_gateway.setup(self.client(tether.channel))
 
-            for in_flight in self.s.in_flight:
-                for method in ("Empty", "Select", "Update", "Insert"):
-                    label = method if method == "Empty" else method.upper()
-                    await self.measure(floor, counters, "floor", label, self.floor_call(method), in_flight)
+            if self.wants("floor"):
+                for in_flight in self.s.in_flight:
+                    for method in ("Empty", "Select", "Update", "Insert"):
+                        label = method if method == "Empty" else method.upper()
+                        await self.measure(
+                            floor, counters, "floor", label, self.floor_call(method), in_flight
+                        )
             # Each method's stub cell, then at once its client cell: side by side in time.
             cells: list[tuple[str, Call, Call | None]] = [
                 ("GetSession", self.get_session, self.c_get_session),
@@ -702,65 +741,71 @@ class Bench:
                 ("AddMember", self.add_member, self.c_add_member),
                 ("AppendEvent", self.append_event, self.c_append_event),  # issue 11's target: at 32
             ]
-            for in_flight in self.s.in_flight:
-                for name, stub_call, client_call in cells:
-                    if name == "AppendEvent" and in_flight != 32:
-                        continue
-                    if stub_call == self.list_deep:
-                        await self.refresh_deep_token(conn)
-                    await self.measure(tether, counters, "stub", name, stub_call, in_flight)
-                    if client_call is not None:
-                        await self.measure(tether, counters, "client", name, client_call, in_flight)
-            await self.measure(tether, counters, "mixed", "mixed", self.mixed, 1)
-            rss_start = cpu.rss_kib(cpu.tree(tether_process.pid))
-            cell = await self.measure(
-                tether, counters, "mixed", "mixed", self.mixed, 32, seconds=self.s.mixed_seconds
-            )
-            rss_end = cpu.rss_kib(cpu.tree(tether_process.pid))
-            cell.extra = {
-                **cell.extra,
-                "rss_start_kib": rss_start,
-                "rss_end_kib": rss_end,
-                "rss_growth_percent": round(100 * (rss_end - rss_start) / max(rss_start, 1), 1),
-            }
-            for name, gateway in ((GATEWAY_PG, self.gateway), (GATEWAY_MULTI_PG, self.multi_gateway)):
+            if self.wants("stub"):  # and its client twins
                 for in_flight in self.s.in_flight:
-                    await self.measure(
-                        tether,
-                        counters,
-                        "gateway",
-                        name,
-                        self.on_gateway(gateway),
-                        in_flight,
-                        counts=gateway.counts,
-                    )
-            if self.sqlite_path is not None:
+                    for name, stub_call, client_call in cells:
+                        if name == "AppendEvent" and in_flight != 32:
+                            continue
+                        if stub_call == self.list_deep:
+                            await self.refresh_deep_token(conn)
+                        await self.measure(tether, counters, "stub", name, stub_call, in_flight)
+                        if client_call is not None:
+                            await self.measure(tether, counters, "client", name, client_call, in_flight)
+            if self.wants("mixed"):
+                await self.measure(tether, counters, "mixed", "mixed", self.mixed, 1)
+                rss_start = cpu.rss_kib(cpu.tree(tether_process.pid))
+                cell = await self.measure(
+                    tether, counters, "mixed", "mixed", self.mixed, 32, seconds=self.s.mixed_seconds
+                )
+                rss_end = cpu.rss_kib(cpu.tree(tether_process.pid))
+                cell.extra = {
+                    **cell.extra,
+                    "rss_start_kib": rss_start,
+                    "rss_end_kib": rss_end,
+                    "rss_growth_percent": round(100 * (rss_end - rss_start) / max(rss_start, 1), 1),
+                }
+            if self.wants("gateway"):
+                for name, gateway in ((GATEWAY_PG, self.gateway), (GATEWAY_MULTI_PG, self.multi_gateway)):
+                    for in_flight in self.s.in_flight:
+                        await self.measure(
+                            tether,
+                            counters,
+                            "gateway",
+                            name,
+                            self.on_gateway(gateway),
+                            in_flight,
+                            counts=gateway.counts,
+                        )
+            if self.wants(WATCH_GROUP):
+                await self.run_watch(tether, tether_target, counters, conn)
+            if self.sqlite_path is not None and (self.wants("sqlite") or self.wants(WATCH_GROUP)):
                 await self.run_sqlite(self.sqlite_path)
-            for index, size in enumerate(self.s.sizes):
-                if index:
-                    # ListEvents right before (at the smaller size) and right after its events grow.
-                    await self.grow_events(conn, size)
-                    await self.measure_list_events(tether, counters)
-                    await self.grow(conn, size)
-                for name, call in (
-                    ("GetSession", self.get_session),
-                    ("ListSessions first page", self.list_first),
-                    ("ListSessions 90% deep", self.list_deep),
-                ):
-                    if call == self.list_deep:
-                        await self.refresh_deep_token(conn)
-                    await self.measure(tether, counters, "scale", name, call, 1)
-                for name, call in (
-                    ("GetSession", self.c_get_session),
-                    ("RecordActivity", self.c_record_activity),
-                    ("CreateSession", self.c_create_session),
-                    ("FindOrCreateSession hit", self.c_find_or_create_hit),
-                    ("AppendEvent", self.c_append_event),
-                    ("AppendEvent by key", self.c_append_event_by_key),
-                ):
-                    await self.measure(tether, counters, "scale client", name, call, 1)
-                if index == 0:
-                    await self.measure_list_events(tether, counters)
+            if self.wants("scale"):  # and events
+                for index, size in enumerate(self.s.sizes):
+                    if index:
+                        # ListEvents right before (at the smaller size) and right after its events grow.
+                        await self.grow_events(conn, size)
+                        await self.measure_list_events(tether, counters)
+                        await self.grow(conn, size)
+                    for name, call in (
+                        ("GetSession", self.get_session),
+                        ("ListSessions first page", self.list_first),
+                        ("ListSessions 90% deep", self.list_deep),
+                    ):
+                        if call == self.list_deep:
+                            await self.refresh_deep_token(conn)
+                        await self.measure(tether, counters, "scale", name, call, 1)
+                    for name, call in (
+                        ("GetSession", self.c_get_session),
+                        ("RecordActivity", self.c_record_activity),
+                        ("CreateSession", self.c_create_session),
+                        ("FindOrCreateSession hit", self.c_find_or_create_hit),
+                        ("AppendEvent", self.c_append_event),
+                        ("AppendEvent by key", self.c_append_event_by_key),
+                    ):
+                        await self.measure(tether, counters, "scale client", name, call, 1)
+                    if index == 0:
+                        await self.measure_list_events(tether, counters)
         finally:
             await self.close_clients(tether)
             await floor.close()
@@ -771,8 +816,9 @@ class Bench:
         self.add_ratios()
 
     async def run_sqlite(self, path: Path) -> None:
-        """The sqlite cells: a second `tether serve` (one process) on the SQLite file that
-        `bench.sqlite` seeded with as many sessions as the PostgreSQL database has now."""
+        """The sqlite cells, and the watch group's idle watchers on SQLite: a second `tether
+        serve` (one process) on the SQLite file that `bench.sqlite` seeded with as many
+        sessions as the PostgreSQL database has now."""
         process, target = start_tether(sqlite.url_of(path), self.s.pool_size, 1)
         gen = LoadGenerator(target, self.s.channels, process.pid)
         try:
@@ -780,29 +826,136 @@ class Bench:
             await gen.ready()
             await self.wait_serving(gen)
             await self.open_clients(gen, target)
-            await self.sqlite_gateway.setup(self.client(gen.channel))
-            for name, call, in_flight in (
-                ("GetSession", self.c_get_session, 1),
-                ("CreateSession", self.c_create_session, 32),
-                ("RecordActivity", self.c_record_activity, 32),
-                ("AppendEvent", self.c_append_event, 32),
-                (SQLITE_WRITERS, self.c_writes, 64),
-            ):
-                await self.measure(gen, None, "sqlite", name, call, in_flight)
-            for in_flight in self.s.in_flight:
-                await self.measure(
-                    gen,
-                    None,
-                    "sqlite",
-                    GATEWAY_SQLITE,
-                    self.on_gateway(self.sqlite_gateway),
-                    in_flight,
-                    counts=self.sqlite_gateway.counts,
-                )
+            if self.wants("sqlite"):
+                await self.sqlite_cells(gen)
+            if self.wants(WATCH_GROUP):
+                await self.measure_idle_watchers(gen, target, None, "SQLite")
         finally:
             await self.close_clients(gen)
             await gen.close()
             stop(process)
+
+    async def sqlite_cells(self, gen: LoadGenerator) -> None:
+        await self.sqlite_gateway.setup(self.client(gen.channel))
+        for name, call, in_flight in (
+            ("GetSession", self.c_get_session, 1),
+            ("CreateSession", self.c_create_session, 32),
+            ("RecordActivity", self.c_record_activity, 32),
+            ("AppendEvent", self.c_append_event, 32),
+            (SQLITE_WRITERS, self.c_writes, 64),
+        ):
+            await self.measure(gen, None, "sqlite", name, call, in_flight)
+        for in_flight in self.s.in_flight:
+            await self.measure(
+                gen,
+                None,
+                "sqlite",
+                GATEWAY_SQLITE,
+                self.on_gateway(self.sqlite_gateway),
+                in_flight,
+                counts=self.sqlite_gateway.counts,
+            )
+
+    # ---- the watch cells -------------------------------------------------------------------
+
+    async def run_watch(self, gen: LoadGenerator, target: str, counters: db.Counters, conn: Any) -> None:
+        await self.measure_watch_latency(gen, target, counters, conn)
+        await self.measure_change_recording(gen, counters, conn)
+        await self.measure_idle_watchers(gen, target, counters, "PostgreSQL")
+
+    async def measure_watch_latency(
+        self, gen: LoadGenerator, target: str, counters: db.Counters, conn: Any
+    ) -> None:
+        """The client's mixed workload at 32 without a watcher, with one following the
+        namespace (its commit-to-delivery latency), and without again: the baseline is the
+        mean of the runs without, so that a drift in time weighs on both sides alike."""
+        alone = [await self.measure(gen, counters, WATCH_GROUP, WATCH_MIXED_ALONE, self.c_mixed, 32)]
+        cell, latency = await self.measure_watched(gen, target, counters, conn)
+        alone.append(await self.measure(gen, counters, WATCH_GROUP, WATCH_MIXED_ALONE, self.c_mixed, 32))
+        without = sum(c.ops_per_s for c in alone) / len(alone)
+        cell.extra["watch"] = asdict(latency)
+        cell.extra["ops_per_s_without"] = round(without, 1)
+        cell.baseline = "mean ops/s without a watcher (before, after)"
+        cell.ratio = round(cell.ops_per_s / without, 2) if without else None
+        print(
+            f"    watcher: {latency.changes_seen:,} of {latency.changes_logged:,} changes, p50 "
+            f"{latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, max {latency.max_ms:.1f} ms; its "
+            f"CPU {latency.watcher_cpu_s * 1e6 / max(latency.changes_total, 1):.0f} µs per change",
+            file=sys.stderr,
+        )
+
+    async def measure_watched(
+        self, gen: LoadGenerator, target: str, counters: db.Counters, conn: Any
+    ) -> tuple[Cell, watch.Latency]:
+        """The mixed cell with a watcher (a process of its own) on the namespace it writes."""
+        watcher = watch.Watcher(target, PARENT)
+        CHILDREN.append(watcher.process)
+        try:
+            await watcher.started(lambda: self.c_record_activity(gen.channel, 0))
+            cell = await self.measure(gen, counters, WATCH_GROUP, WATCH_MIXED, self.c_mixed, 32)
+            start, end = self.window_us
+            logged = await watch.logged_changes(conn, db.NAMESPACE, start, end)
+            return cell, await watcher.finish(start, end, logged)
+        finally:
+            stop(watcher.process)
+
+    async def measure_change_recording(self, gen: LoadGenerator, counters: db.Counters, conn: Any) -> None:
+        """Each write (and GetSession, the control) with the change-recording triggers on and
+        off, in the order on, off, off, on: a drift in time weighs on both alike."""
+        calls = {
+            "GetSession": self.c_get_session,
+            "RecordActivity": self.c_record_activity,
+            "CreateSession": self.c_create_session,
+            "AppendEvent": self.c_append_event,
+        }
+        if not await watch.may_alter(conn):
+            print(
+                f"  {WATCH_GROUP:12} writes {RECORDED} or not: skipped (not the tables' owner)",
+                file=sys.stderr,
+            )
+            return
+        for name in WATCH_WRITES:
+            runs: dict[bool, list[Cell]] = {True: [], False: []}
+            try:
+                for recorded in (True, False, False, True):
+                    await watch.set_triggers(conn, enabled=recorded)
+                    label = f"{name}, {RECORDED if recorded else NOT_RECORDED}"
+                    runs[recorded].append(
+                        await self.measure(gen, counters, WATCH_GROUP, label, calls[name], 32)
+                    )
+            finally:
+                await watch.set_triggers(conn, enabled=True)
+            on, off = means(runs[True]), means(runs[False])
+            for cell in runs[True]:
+                cell.baseline = f"mean ops/s, {NOT_RECORDED}"
+                cell.ratio = round(on["ops_per_s"] / off["ops_per_s"], 2) if off["ops_per_s"] else None
+                cell.extra["means"] = {RECORDED: on, NOT_RECORDED: off}
+
+    async def measure_idle_watchers(
+        self, gen: LoadGenerator, target: str, counters: db.Counters | None, where: str
+    ) -> None:
+        """IDLE_WATCHERS streams of a namespace of their own, which nothing writes to."""
+        namespace = f"idle-{self.run_id}"
+        await self.client(gen.channel).create_namespace(namespace_id=namespace)
+        backends = [] if counters is None else await counters.backends()
+        idle = await watch.idle_watchers(
+            target, f"namespaces/{namespace}", gen.server_pid, backends, poll_round=not self.s.quick
+        )
+        check_alive(gen.server_pid, f"the server of the {WATCH_GROUP} {WATCH_IDLE!r} cell")
+        figures = {
+            **asdict(idle),
+            "mib_per_1000": round(idle.mib_per_1000, 2),
+            "server_cpu_percent": idle.server_cpu_percent,
+            "postgres_cpu_percent": idle.postgres_cpu_percent,
+            "round_server_cpu_percent": idle.round_server_cpu_percent,
+            "round_postgres_cpu_percent": idle.round_postgres_cpu_percent,
+        }
+        self.cells.append(idle_cell(f"{WATCH_IDLE} ({where})", self.sessions, figures))
+        print(
+            f"  {WATCH_GROUP:12} {WATCH_IDLE} ({where}): {idle.mib_per_1000:.1f} MiB per 1,000, server CPU "
+            f"{fmt(idle.server_cpu_percent, '.1f')} % idle (opened in {idle.open_seconds:.1f}s)",
+            file=sys.stderr,
+        )
 
     async def wait_listening(self, process: subprocess.Popen[bytes], target: str, workers: int) -> None:
         """Until every tether process listens on `target`'s port (connections made earlier
@@ -893,6 +1046,41 @@ class Bench:
                 versus(cell, base.p50_ms, f"p50 at {base.sessions:,} sessions", cell.p50_ms)
             elif cell.group == EVENTS_GROUP and cell is not listed[0]:
                 versus(cell, listed[0].p50_ms, f"p50 at {listed[0].extra['events']:,} events", cell.p50_ms)
+
+
+def means(cells: Sequence[Cell]) -> dict[str, Any]:
+    """Mean ops/s and CPU µs per op of the runs of one cell (CPU: None unless every run has it)."""
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return round(sum(known) / len(known), 1) if known and len(known) == len(values) else None
+
+    return {
+        "ops_per_s": mean([c.ops_per_s for c in cells]) or 0.0,
+        "server_cpu_us_per_op": mean([c.server_cpu_us_per_op for c in cells]),
+        "postgres_cpu_us_per_op": mean([c.postgres_cpu_us_per_op for c in cells]),
+    }
+
+
+def idle_cell(name: str, sessions: int, figures: dict[str, Any]) -> Cell:
+    """A cell without calls: its figures (memory, idle CPU) are all in `extra`."""
+    return Cell(
+        group=WATCH_GROUP,
+        name=name,
+        in_flight=figures["watchers"],
+        sessions=sessions,
+        ops_per_s=0.0,
+        p50_ms=0.0,
+        p99_ms=0.0,
+        ops=0,
+        errors=0,
+        first_error="",
+        statements_per_op=None,
+        server_cpu_us_per_op=None,
+        postgres_cpu_us_per_op=None,
+        client_cpu_us_per_op=None,
+        extra=figures,
+    )
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -1025,12 +1213,78 @@ def targets(cells: Sequence[Cell]) -> str:
         measured = ", ".join(f"{c.sessions:,}: {fmt(c.statements_per_op, '.2f')}" for c in scale)
         same = None if len(counted) < len(scale) else all(abs(n - 1) < 0.05 for n in counted)
         rows.append((f"{name} statements per call = 1 at every size (client)", 1, measured, met(same)))
-    lines = ["| target (issues 10, 11) | in flight | measured | met |", "| --- | --- | --- | --- |"]
+    rows += watch_targets(cells, met)
+    lines = ["| target (issues 10, 11; watch) | in flight | measured | met |", "| --- | --- | --- | --- |"]
     lines += [
         f"| {target} | {in_flight} | {measured} | {verdict} |"
         for target, in_flight, measured, verdict in rows
     ]
     return "\n".join(lines)
+
+
+def watch_targets(
+    cells: Sequence[Cell], met: Callable[[bool | None], str]
+) -> list[tuple[str, int, str, str]]:
+    """The watch cells' bars (commit-to-delivery p99, writes with changes recorded) and the
+    idle watchers' figures, which have none."""
+    rows: list[tuple[str, int, str, str]] = []
+    cell = find(cells, WATCH_GROUP, WATCH_MIXED, 32)
+    if cell is not None:
+        w = cell.extra["watch"]
+        measured = (
+            f"p99 {w['p99_ms']:.1f} ms (p50 {w['p50_ms']:.1f}, max {w['max_ms']:.1f}; "
+            f"{w['changes_seen']:,} of {w['changes_logged']:,} changes); mixed {cell.ops_per_s:,.0f} ops/s "
+            f"vs {cell.extra['ops_per_s_without']:,.0f} without a watcher ({fmt(cell.ratio, '.2f')})"
+        )
+        ok = w["p99_ms"] <= watch.LATENCY_P99_MS and w["complete"]
+        rows.append(
+            (f"WatchSessions commit-to-delivery p99 <= {watch.LATENCY_P99_MS:g} ms", 32, measured, met(ok))
+        )
+    for name in WATCH_WRITES:
+        cell = find(cells, WATCH_GROUP, f"{name}, {RECORDED}", 32)
+        if cell is None or cell.ratio is None:
+            continue
+        on, off = cell.extra["means"][RECORDED], cell.extra["means"][NOT_RECORDED]
+        # CPU per call beside the ratio: on a shared box it moves less than ops/s do.
+        measured = (
+            f"{cell.ratio:.2f} ({on['ops_per_s']:,.0f} vs {off['ops_per_s']:,.0f} ops/s; CPU µs/op server "
+            f"{fmt(on['server_cpu_us_per_op'], '.0f')} vs {fmt(off['server_cpu_us_per_op'], '.0f')}, "
+            f"PostgreSQL {fmt(on['postgres_cpu_us_per_op'], '.0f')} vs "
+            f"{fmt(off['postgres_cpu_us_per_op'], '.0f')})"
+        )
+        if name == "GetSession":  # no trigger on its path: how far the ratio moves by noise
+            rows.append(("GetSession (control) with changes recorded vs without", 32, measured, "n/a"))
+            continue
+        rows.append(
+            (
+                f"{name} with changes recorded >= {watch.WRITE_RATIO:g} x without (client)",
+                32,
+                measured,
+                met(cell.ratio >= watch.WRITE_RATIO),
+            )
+        )
+    for cell in cells:
+        if cell.group == WATCH_GROUP and cell.name.startswith(WATCH_IDLE):
+            x = cell.extra
+            postgres = x["postgres_cpu_percent"]
+            measured = (
+                f"{x['mib_per_1000']:.1f} MiB per 1,000 watchers; server CPU "
+                f"{fmt(x['server_cpu_percent'], '.1f')} %"
+                + ("" if postgres is None else f", PostgreSQL {postgres:.1f} %")
+                + f" over {x['idle_seconds']:g} s idle"
+            )
+            if x["round_seconds"] is not None:
+                measured += (
+                    f"; over {x['round_seconds']:g} s, through the watchers' own looks every "
+                    f"{watch.WATCHER_POLL:g} s: server {fmt(x['round_server_cpu_percent'], '.1f')} %"
+                    + (
+                        ""
+                        if postgres is None
+                        else f", PostgreSQL {fmt(x['round_postgres_cpu_percent'], '.1f')} %"
+                    )
+                )
+            rows.append((f"{cell.name}: server memory and CPU (no bar)", cell.in_flight, measured, "n/a"))
+    return rows
 
 
 def statements_report(cells: Sequence[Cell]) -> str:
@@ -1058,7 +1312,10 @@ LEGEND = (
     "20, through the client, in a namespace of its own | gateway: one op = one message through the "
     "client, one AppendEvent by conversation key and author key (3-4 calls: find-or-create sender, "
     "find-or-create session, RecordActivity, AddMember in channels) | sqlite: through the client, one "
-    "tether serve on an SQLite file | ratio: to 'ratio to'"
+    "tether serve on an SQLite file | watch: WatchSessions; the mixed workload through the client "
+    "with one watcher (the client, a process of its own; its latency: receive time - change_time) and "
+    "without, the writes with the change-recording triggers on and off (on, off, off, on; ratio of the "
+    "means), idle watchers (figures in the targets) | ratio: to 'ratio to'"
 )
 
 
@@ -1182,14 +1439,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print("statements per call (pg_stat_statements, normalized):")
         print(statements)
-    mixed = next(c for c in bench.cells if c.group == "mixed" and "rss_start_kib" in c.extra)
+    mixed = next((c for c in bench.cells if c.group == "mixed" and "rss_start_kib" in c.extra), None)
     print()
     whose = "server" if settings.workers == 1 else f"server (supervisor + {settings.workers} workers)"
-    print(
-        f"{whose} RSS over the mixed run at 32 in flight ({settings.mixed_seconds:g}s): "
-        f"{mixed.extra['rss_start_kib'] / 1024:.1f} -> {mixed.extra['rss_end_kib'] / 1024:.1f} MiB "
-        f"({mixed.extra['rss_growth_percent']:+.1f} %)"
-    )
+    if mixed is not None:
+        print(
+            f"{whose} RSS over the mixed run at 32 in flight ({settings.mixed_seconds:g}s): "
+            f"{mixed.extra['rss_start_kib'] / 1024:.1f} -> {mixed.extra['rss_end_kib'] / 1024:.1f} MiB "
+            f"({mixed.extra['rss_growth_percent']:+.1f} %)"
+        )
     print(f"statements per operation: {bench.statements_note}")
     print(" | ".join(f"{k}: {v}" for k, v in env.items()) + f" | took {time.perf_counter() - started:.0f}s")
     if settings.json_path:
