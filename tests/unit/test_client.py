@@ -596,18 +596,34 @@ def test_watch_resumes_after_unavailable(fake: FakeServer) -> None:
 
     future = fake.start(consume)
     first, rpc = fake.take_stream("WatchSessions")
+    rpc.send_initial_metadata((("tether-revision", "6"),))  # where the server started it
     for revision in (7, 8):
         rpc.send_response(WatchSessionsResponse(revision=revision))
         # grpc_testing drops unread messages when a stream fails: wait until each is delivered.
         assert seen.get(timeout=WAIT) == revision
     rpc.terminate((), grpc.StatusCode.UNAVAILABLE, "server restarting")
     second, rpc = fake.take_stream("WatchSessions")
+    rpc.send_initial_metadata((("tether-revision", "8"),))
     rpc.send_response(WatchSessionsResponse(revision=9))
     rpc.terminate((), grpc.StatusCode.OK, "")
     future.result(WAIT)
     assert seen.get_nowait() == 9
     assert (first.start_revision, second.start_revision) == (0, 8)
     assert first.filter == second.filter == "kind = GROUP"
+
+
+def test_watch_from_now_resumes_where_the_server_started_it(fake: FakeServer) -> None:
+    # A watch "from now" that breaks before its first change resumes from the revision the
+    # server's initial metadata named, not from a later "now" (which would skip changes).
+    future = fake.start(lambda c: list(c.watch_sessions(parent=PARENT)))
+    first, rpc = fake.take_stream("WatchSessions")
+    rpc.send_initial_metadata((("tether-revision", "41"),))
+    rpc.terminate((), grpc.StatusCode.UNAVAILABLE, "server restarting")
+    second, rpc = fake.take_stream("WatchSessions")
+    rpc.send_initial_metadata((("tether-revision", "41"),))
+    rpc.terminate((), grpc.StatusCode.OK, "")
+    assert future.result(WAIT) == []
+    assert (first.start_revision, second.start_revision) == (0, 41)
 
 
 def test_watch_raises_other_errors(fake: FakeServer) -> None:
