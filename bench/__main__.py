@@ -1275,8 +1275,7 @@ def watch_targets(
             )
             if x["round_seconds"] is not None:
                 measured += (
-                    f"; over {x['round_seconds']:g} s, through the watchers' own looks every "
-                    f"{watch.WATCHER_POLL:g} s: server {fmt(x['round_server_cpu_percent'], '.1f')} %"
+                    f"; over {x['round_seconds']:g} s: server {fmt(x['round_server_cpu_percent'], '.1f')} %"
                     + (
                         ""
                         if postgres is None

@@ -30,7 +30,6 @@ import uvloop
 from bench import cpu
 from bench.load import CHANNEL_OPTIONS, percentile
 from tether.client import AsyncSessionsClient
-from tether.server import watch as server_watch
 from tether.v1 import session_service_pb2, session_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +47,10 @@ DRAIN_TIMEOUT = 30.0
 # Seconds to wait for a stream (or the watcher process) to come up.
 OPEN_TIMEOUT = 60.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Seconds after which an idle watcher looks at the log itself, whatever its hub says.
-WATCHER_POLL = server_watch.WATCHER_POLL
+# The longer idle window of a full run (seconds): idle watchers wait on their process's
+# hub only, which looks at the log every TETHER_WATCH_POLL_INTERVAL; over this long,
+# those looks and anything else periodic are in the figure.
+LONG_IDLE = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +81,7 @@ class Idle:
     idle_seconds: float
     server_cpu_s: float | None
     postgres_cpu_s: float | None  # the database's backends (None: not visible, e.g. SQLite)
-    # From the idle window's start until every watcher made its own look at the log, which
-    # each does WATCHER_POLL seconds after its last (all 1,000 at once, since they opened
-    # together): None when not measured (--quick).
+    # The longer window (LONG_IDLE from the streams' opening): None when not measured (--quick).
     round_seconds: float | None = None
     round_server_cpu_s: float | None = None
     round_postgres_cpu_s: float | None = None
@@ -277,7 +276,7 @@ async def idle_watchers(
 ) -> Idle:
     """The server's RSS before and after `count` streams of `parent` (a namespace that sees
     no change) open, and its CPU time and its database backends' over `seconds` with them
-    (and with `poll_round` on until past the watchers' own looks at the log)."""
+    (and with `poll_round` on, also over LONG_IDLE seconds from their opening)."""
     server = cpu.tree(server_pid)
     opened = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(channels)]
     calls: list[grpc.aio.UnaryStreamCall[Any, Any]] = []
@@ -298,9 +297,7 @@ async def idle_watchers(
         server1, postgres1 = cpu.snapshot(server), cpu.snapshot(backends)
         rounds: dict[str, float | None] = {}
         if poll_round:
-            # Each stream's own look comes WATCHER_POLL after it opened; a few seconds more
-            # for 1,000 of them to read their (empty) page.
-            await asyncio.sleep(max(0.0, began + open_seconds + WATCHER_POLL + 5 - time.perf_counter()))
+            await asyncio.sleep(max(0.0, began + open_seconds + LONG_IDLE - time.perf_counter()))
             rounds = {
                 "round_seconds": round(time.perf_counter() - idle_began, 1),
                 "round_server_cpu_s": cpu.used(server0, cpu.snapshot(server)),
