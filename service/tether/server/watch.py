@@ -15,8 +15,8 @@ Wake-ups come from one `ChangeHub` per process, never from polling per watcher:
 - a bounded poll (`poll_interval`) as the safety net, and sooner while changes wait
   behind an older transaction that is still running (`changes.ready`).
 
-On a wake-up the hub asks the database once which namespaces have new final
-changes, and wakes only the watchers of those.
+On a wake-up the hub asks the database once which of the namespaces watched here
+have new final changes (a primary-key probe each), and wakes only their watchers.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ WAITING_RETRY_MAX = 0.05
 # Seconds between two of the hub's looks at the log at least: under a stream of writes
 # each look (and each watcher's page) covers the writes of this long, so the cost per
 # change falls as the rate rises, for at most this much more delivery latency.
-SCAN_INTERVAL = 0.01
+SCAN_INTERVAL = 0.02
 # The initial metadata key that tells a watcher the revision its stream starts after.
 REVISION_METADATA = "tether-revision"
 _ALL_SESSION_FIELDS = frozenset(field.name for field in session_pb2.Session.DESCRIPTOR.fields)
@@ -157,7 +157,7 @@ class ChangeHub:
                 await self._listen()
             try:
                 first = position is None
-                position, news, waiting = await changes_db.ready(self._db, position)
+                position, news, waiting = await changes_db.ready(self._db, list(self._watchers), position)
             except Exception as exc:  # the database may be down: the next look starts afresh
                 self._log.warning("watch_hub_failed", error=f"{type(exc).__name__}: {exc}")
                 position, retry = None, None

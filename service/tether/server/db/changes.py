@@ -39,7 +39,7 @@ from sqlalchemy.sql import visitors
 
 from tether.server import errors
 from tether.server.db.base import Database, Row, utcnow
-from tether.server.db.schema import changes, events, members, namespaces, participants, sessions
+from tether.server.db.schema import change_clock, changes, events, members, namespaces, participants, sessions
 
 # How many changes one page reads at most (whatever a filter keeps of them).
 PAGE_SIZE = 500
@@ -87,7 +87,7 @@ class OutOfRangeError(Exception):
 def _frontier_sql(dialect: str) -> Any:
     if dialect == "postgresql":
         return literal_column(f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {XID_SHIFT})")
-    return select(func.coalesce(func.max(changes.c.revision), 1) + 1).scalar_subquery()
+    return (select(change_clock.c.revision).scalar_subquery() + 1).self_group()
 
 
 # --- the session, member and event as of a change -------------------------------------------
@@ -344,24 +344,28 @@ async def head(db: Database, namespace: str) -> int:
     return await db.query(_head_in, namespace)
 
 
-# The hub's scan on PostgreSQL, one statement on the hot pool: one row per namespace
-# with changes after $1 (namespace NULL when there are none), each with its newest final
-# revision (NULL when all of them still wait for the frontier), and the frontier.
+# The hub's scan on PostgreSQL, one statement on the hot pool: for each namespace of $1,
+# its newest final revision after $2 (NULL: none) and whether changes wait past the
+# frontier; each a probe of the primary key.
 _READY_SQL = (
     f"WITH f AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {XID_SHIFT} AS frontier) "
-    "SELECT f.frontier, c.namespace, max(c.revision) FILTER (WHERE c.revision < f.frontier) AS ready, "
-    "count(*) FILTER (WHERE c.revision >= f.frontier) AS waiting "
-    "FROM f LEFT JOIN changes c ON c.revision > $1::bigint GROUP BY f.frontier, c.namespace"
+    "SELECT f.frontier, n.ns AS namespace, "
+    "(SELECT max(c.revision) FROM changes c WHERE c.namespace = n.ns AND c.revision > $2::bigint "
+    "AND c.revision < f.frontier) AS ready, "
+    "EXISTS (SELECT 1 FROM changes c WHERE c.namespace = n.ns AND c.revision >= f.frontier) AS waiting "
+    "FROM f LEFT JOIN unnest($1::text[]) AS n(ns) ON true"
 )
 
 
-async def ready(db: Database, after: int | None) -> tuple[int, dict[str, int], bool]:
-    """For a process's wake-ups: the new position (frontier - 1), the namespaces with
-    changes final since position `after` (None: none yet, just the position) and their
-    newest, and whether changes past the frontier wait for older transactions to end."""
+async def ready(
+    db: Database, namespaces_: Sequence[str], after: int | None
+) -> tuple[int, dict[str, int], bool]:
+    """For a process's wake-ups: the new position (frontier - 1), which of `namespaces_`
+    have changes final since position `after` (None: none yet, just the position) with
+    their newest, and whether changes past the frontier wait for older transactions."""
     if db.hot is None:
-        return await db.query(_ready_in, after)
-    rows = await db.hot.fetch(_READY_SQL, HIGHEST if after is None else after)
+        return await db.query(_ready_in, list(namespaces_), after)
+    rows = await db.hot.fetch(_READY_SQL, list(namespaces_), HIGHEST if after is None else after)
     frontier = int(rows[0]["frontier"])
     if after is None:
         return frontier - 1, {}, False
@@ -370,17 +374,20 @@ async def ready(db: Database, after: int | None) -> tuple[int, dict[str, int], b
     return max(after, frontier - 1), news, waiting
 
 
-def _ready_in(conn: Connection, after: int | None) -> tuple[int, dict[str, int], bool]:
+def _ready_in(
+    conn: Connection, namespaces_: list[str], after: int | None
+) -> tuple[int, dict[str, int], bool]:
     frontier: int = conn.execute(select(_frontier_sql(conn.dialect.name))).scalar_one()
-    if after is None:
+    if after is None or not namespaces_:
         return frontier - 1, {}, False
     rows = conn.execute(
         select(changes.c.namespace, func.max(changes.c.revision))
-        .where(changes.c.revision > after, changes.c.revision < frontier)
+        .where(
+            changes.c.namespace.in_(namespaces_), changes.c.revision > after, changes.c.revision < frontier
+        )
         .group_by(changes.c.namespace)
     ).all()
-    waiting = conn.execute(select(changes.c.revision).where(changes.c.revision >= frontier).limit(1)).first()
-    return max(after, frontier - 1), {ns: int(rev) for ns, rev in rows}, waiting is not None
+    return max(after, frontier - 1), {ns: int(rev) for ns, rev in rows}, False
 
 
 # --- compaction --------------------------------------------------------------------------------
@@ -391,64 +398,55 @@ async def compact(
 ) -> int:
     """Drop changes older than `max_age` and beyond the newest `max_changes` of each
     namespace, oldest first, in batches; each batch raises its namespace's
-    `compacted_revision` in the same transaction. The newest change of all is always
-    kept (SQLite numbers the next one after it). Returns how many were dropped."""
+    `compacted_revision` in the same transaction. Returns how many were dropped."""
     cutoff = (now or utcnow()) - max_age
+    async with db.read() as conn:
+        all_namespaces = list((await conn.execute(select(namespaces.c.namespace))).scalars())
     dropped = 0
-    while True:
-        done = await db.write(_compact_batch_in, cutoff, max_changes, batch_size)
-        dropped += done
-        if done < batch_size:
-            return dropped
+    for namespace in all_namespaces:
+        while True:
+            done = await db.write(_compact_batch_in, namespace, cutoff, max_changes, batch_size)
+            dropped += done
+            if done < batch_size:
+                break
+    return dropped
 
 
-def _compact_batch_in(conn: Connection, cutoff: datetime, max_changes: int, batch_size: int) -> int:
-    newest = conn.execute(select(func.max(changes.c.revision))).scalar_one_or_none()
-    if newest is None:
+def _compact_batch_in(
+    conn: Connection, namespace: str, cutoff: datetime, max_changes: int, batch_size: int
+) -> int:
+    """Drop up to `batch_size` of `namespace`'s oldest changes that are due."""
+    oldest = conn.execute(
+        select(changes.c.revision, changes.c.change_time)
+        .where(changes.c.namespace == namespace)
+        .order_by(changes.c.revision)
+        .limit(batch_size)
+    ).all()
+    if not oldest:
         return 0
-    done = 0
-    for namespace in conn.execute(select(namespaces.c.namespace)).scalars():
-        if done >= batch_size:
-            break
-        cut = _cut_in(conn, namespace, cutoff, max_changes)
-        if cut is None:
-            continue
-        cut = min(cut, newest - 1)
-        victims = (
-            select(changes.c.revision)
-            .where(changes.c.namespace == namespace, changes.c.revision <= cut)
-            .order_by(changes.c.revision)
-            .limit(batch_size - done)
-            .subquery()
-        )
-        last = conn.execute(select(func.max(victims.c.revision))).scalar_one_or_none()
-        if last is None:
-            continue
-        result = conn.execute(
-            delete(changes).where(changes.c.namespace == namespace, changes.c.revision <= last)
-        )
-        conn.execute(
-            update(namespaces)
-            .where(namespaces.c.namespace == namespace, namespaces.c.compacted_revision < last)
-            .values(compacted_revision=last)
-        )
-        done += result.rowcount
-    return done
-
-
-def _cut_in(conn: Connection, namespace: str, cutoff: datetime, max_changes: int) -> int | None:
-    """The newest revision of `namespace` that is due for compaction, or None."""
-    by_count = conn.execute(
+    # By count: everything up to the newest max_changes.
+    beyond = conn.execute(
         select(changes.c.revision)
         .where(changes.c.namespace == namespace)
         .order_by(changes.c.revision.desc())
         .offset(max_changes)
         .limit(1)
     ).scalar_one_or_none()
-    by_age = conn.execute(
-        select(func.max(changes.c.revision)).where(
-            changes.c.namespace == namespace, changes.c.change_time < cutoff
-        )
-    ).scalar_one_or_none()
-    cuts: Sequence[int] = [c for c in (by_count, by_age) if c is not None]
-    return max(cuts) if cuts else None
+    # By age: the oldest changes up to the first that is not old (a prefix: the log keeps
+    # everything after a compacted revision).
+    aged = None
+    for revision, change_time in oldest:
+        if change_time >= cutoff:
+            break
+        aged = revision
+    cuts = [cut for cut in (beyond, aged) if cut is not None]
+    if not cuts:
+        return 0
+    last = min(max(cuts), oldest[-1].revision)
+    result = conn.execute(delete(changes).where(changes.c.namespace == namespace, changes.c.revision <= last))
+    conn.execute(
+        update(namespaces)
+        .where(namespaces.c.namespace == namespace, namespaces.c.compacted_revision < last)
+        .values(compacted_revision=last)
+    )
+    return int(result.rowcount)

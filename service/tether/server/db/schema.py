@@ -291,10 +291,14 @@ changes = Table(
     _ts("change_time"),
     ForeignKeyConstraint(["namespace"], ["namespaces.namespace"], ondelete="CASCADE"),
 )
-# Every process's scan for namespaces with news; SQLite's next revision.
-Index("ix_changes_revision", changes.c.revision)
-# Compaction by age.
-Index("ix_changes_change_time", changes.c.change_time)
+# SQLite: the last revision handed out (one row; PostgreSQL's revisions come from
+# transaction ids and leave it alone).
+change_clock = Table(
+    "change_clock",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
+)
 
 # PostgreSQL: RFC 7396 JSON merge patch of jsonb values, created by migration 0004
 # (SQLite has `json_patch`). AppendEvent merges an event's state_delta with it.

@@ -19,9 +19,9 @@ The revision, per namespace strictly increasing and delivered gap-free:
   whose transaction id is older than that (it took its id before queueing on the row
   lock) is refused with SQLSTATE TX001 and retried by the server in a new
   transaction, so one session's changes are in revision order as they happened.
-- SQLite: writers take turns on the database, so the next revision is the largest
-  so far plus one (compaction always keeps the newest change, so it never goes back;
-  the first is 2, so that `start_revision = 1` is "every change held" on both).
+- SQLite: writers take turns on the database, so the next revision is one more than the
+  last (`change_clock`; the first is 2, so that `start_revision = 1` is "every change
+  held" on both).
 
 `namespaces.compacted_revision`: changes up to it may be gone (a resume point below
 it is OUT_OF_RANGE).
@@ -53,15 +53,11 @@ MEMBER_ADDED, MEMBER_REMOVED, ACTIVITY, EVENT_APPENDED, EVENT_DELETED, MEMBER_UP
 # ---------------------------------------------------------------- PostgreSQL
 
 _PG_FUNCTIONS = f"""
-CREATE FUNCTION tether_xid() RETURNS bigint LANGUAGE sql VOLATILE AS $$
-  SELECT pg_current_xact_id()::text::bigint
-$$;
-
 -- The next revision of this transaction: its id, then how many changes it made so far.
 CREATE FUNCTION tether_revision() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   n integer := coalesce(nullif(current_setting('tether.changes', true), ''), '0')::integer;
-  xid bigint := tether_xid();
+  xid bigint := pg_current_xact_id()::text::bigint;
 BEGIN
   IF n >= 1048576 OR xid >= 8796093022208 THEN
     RAISE EXCEPTION 'tether: revision space exhausted (% changes in one transaction)', n
@@ -72,48 +68,30 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION tether_record_change(
-  ns text, kind smallint, sess text, who text, ev text, seq bigint, snap jsonb, mem jsonb
-) RETURNS void LANGUAGE sql VOLATILE AS $$
-  INSERT INTO changes (namespace, revision, type, session, participant, event, sequence,
-                       snapshot, member, change_time)
-  VALUES (ns, tether_revision(), kind, sess, who, ev, seq, snap, mem, clock_timestamp())
-$$;
-
--- Before a session row changes: refuse a transaction older than the session's last
--- writer (see the migration's docstring), and remember this one.
-CREATE FUNCTION tether_session_order() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Before a session row changes or goes: refuse a transaction older than the session's
+-- last writer (see the migration's docstring), remember this one, and record the change.
+-- (BEFORE: one trigger does all of it, and an UPDATE or DELETE that reaches a BEFORE ROW
+-- trigger happens, or the statement fails and takes the change with it.)
+CREATE FUNCTION tether_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-  xid bigint := tether_xid();
+  xid bigint := pg_current_xact_id()::text::bigint;
+  kind smallint;
 BEGIN
   IF (OLD.revision >> 20) > xid THEN
     RAISE EXCEPTION 'tether: session % changed by a newer transaction', OLD.session
       USING ERRCODE = 'TX001';
   END IF;
   IF TG_OP = 'DELETE' THEN
+    -- A namespace being deleted takes its changes with it.
+    IF EXISTS (SELECT 1 FROM namespaces WHERE namespace = OLD.namespace) THEN
+      INSERT INTO changes (namespace, revision, type, session, snapshot, change_time)
+      VALUES (OLD.namespace, tether_revision(), {PURGED}, OLD.session, to_jsonb(OLD), clock_timestamp());
+    END IF;
     RETURN OLD;
   END IF;
   NEW.revision := xid << 20;
-  RETURN NEW;
-END
-$$;
-
-CREATE FUNCTION tether_session_change() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-  kind smallint;
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    kind := {CREATED};
-  ELSIF TG_OP = 'DELETE' THEN
-    -- A namespace being deleted takes its changes with it.
-    IF NOT EXISTS (SELECT 1 FROM namespaces WHERE namespace = OLD.namespace) THEN
-      RETURN NULL;
-    END IF;
-    PERFORM tether_record_change(OLD.namespace, {PURGED}::smallint, OLD.session, NULL, NULL,
-                                 NULL, to_jsonb(OLD), NULL);
-    RETURN NULL;
-  ELSIF NEW.member_count <> OLD.member_count OR NEW.event_count <> OLD.event_count THEN
-    RETURN NULL;  -- the member's or the event's own change reports it
+  IF NEW.member_count <> OLD.member_count OR NEW.event_count <> OLD.event_count THEN
+    RETURN NEW;  -- the member's or the event's own change reports it
   ELSIF OLD.delete_time IS NULL AND NEW.delete_time IS NOT NULL THEN
     kind := {DELETED};
   ELSIF OLD.delete_time IS NOT NULL AND NEW.delete_time IS NULL THEN
@@ -123,10 +101,20 @@ BEGIN
   ELSIF NEW.last_activity_time <> OLD.last_activity_time THEN
     kind := {ACTIVITY};
   ELSE
-    RETURN NULL;  -- nothing a watcher sees moved
+    RETURN NEW;  -- nothing a watcher sees moved
   END IF;
-  PERFORM tether_record_change(NEW.namespace, kind, NEW.session, NULL, NULL, NULL,
-                               to_jsonb(NEW), NULL);
+  INSERT INTO changes (namespace, revision, type, session, snapshot, change_time)
+  VALUES (NEW.namespace, tether_revision(), kind, NEW.session, to_jsonb(NEW), clock_timestamp());
+  RETURN NEW;
+END
+$$;
+
+-- After a session row is inserted (AFTER: an INSERT ... ON CONFLICT DO NOTHING that
+-- finds the key inserts nothing, and must record nothing).
+CREATE FUNCTION tether_session_created() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO changes (namespace, revision, type, session, snapshot, change_time)
+  VALUES (NEW.namespace, tether_revision(), {CREATED}, NEW.session, to_jsonb(NEW), clock_timestamp());
   RETURN NULL;
 END
 $$;
@@ -146,11 +134,11 @@ BEGIN
   -- A member added while the session is at version 1 is one it was created with (every
   -- later membership change moves the version first): its CREATED says it.
   IF snap IS NOT NULL AND NOT (TG_OP = 'INSERT' AND (snap ->> 'version')::bigint = 1) THEN
-    PERFORM tether_record_change(
-      m.namespace,
-      (CASE TG_OP WHEN 'INSERT' THEN {MEMBER_ADDED} WHEN 'UPDATE' THEN {MEMBER_UPDATED}
-                  ELSE {MEMBER_REMOVED} END)::smallint,
-      m.session, m.participant, NULL, NULL, snap, to_jsonb(m));
+    INSERT INTO changes (namespace, revision, type, session, participant, snapshot, member, change_time)
+    VALUES (m.namespace, tether_revision(),
+            CASE TG_OP WHEN 'INSERT' THEN {MEMBER_ADDED} WHEN 'UPDATE' THEN {MEMBER_UPDATED}
+                       ELSE {MEMBER_REMOVED} END,
+            m.session, m.participant, snap, to_jsonb(m), clock_timestamp());
   END IF;
   RETURN NULL;
 END
@@ -164,21 +152,21 @@ BEGIN
   IF TG_OP = 'INSERT' THEN e := NEW; ELSE e := OLD; END IF;
   SELECT to_jsonb(s) INTO snap FROM sessions s WHERE s.namespace = e.namespace AND s.session = e.session;
   IF snap IS NOT NULL THEN
-    PERFORM tether_record_change(
-      e.namespace, (CASE TG_OP WHEN 'INSERT' THEN {EVENT_APPENDED} ELSE {EVENT_DELETED} END)::smallint,
-      e.session, NULL, e.event, e.sequence, snap, NULL);
+    INSERT INTO changes (namespace, revision, type, session, event, sequence, snapshot, change_time)
+    VALUES (e.namespace, tether_revision(),
+            CASE TG_OP WHEN 'INSERT' THEN {EVENT_APPENDED} ELSE {EVENT_DELETED} END,
+            e.session, e.event, e.sequence, snap, clock_timestamp());
   END IF;
   RETURN NULL;
 END
 $$;
-
 """
 
 _PG_TRIGGERS = [
-    "CREATE TRIGGER tether_session_order BEFORE UPDATE OR DELETE ON sessions "
-    "FOR EACH ROW EXECUTE FUNCTION tether_session_order()",
-    "CREATE TRIGGER tether_session_change AFTER INSERT OR UPDATE OR DELETE ON sessions "
-    "FOR EACH ROW EXECUTE FUNCTION tether_session_change()",
+    "CREATE TRIGGER tether_session_changed BEFORE UPDATE OR DELETE ON sessions "
+    "FOR EACH ROW EXECUTE FUNCTION tether_session_changed()",
+    "CREATE TRIGGER tether_session_created AFTER INSERT ON sessions "
+    "FOR EACH ROW EXECUTE FUNCTION tether_session_created()",
     "CREATE TRIGGER tether_member_change AFTER INSERT OR UPDATE OR DELETE ON members "
     "FOR EACH ROW EXECUTE FUNCTION tether_member_change()",
     "CREATE TRIGGER tether_event_change AFTER INSERT OR DELETE ON events "
@@ -188,15 +176,13 @@ _PG_TRIGGERS = [
 _PG_DROP = """
 DROP TRIGGER IF EXISTS tether_event_change ON events;
 DROP TRIGGER IF EXISTS tether_member_change ON members;
-DROP TRIGGER IF EXISTS tether_session_change ON sessions;
-DROP TRIGGER IF EXISTS tether_session_order ON sessions;
+DROP TRIGGER IF EXISTS tether_session_created ON sessions;
+DROP TRIGGER IF EXISTS tether_session_changed ON sessions;
 DROP FUNCTION IF EXISTS tether_event_change();
 DROP FUNCTION IF EXISTS tether_member_change();
-DROP FUNCTION IF EXISTS tether_session_change();
-DROP FUNCTION IF EXISTS tether_session_order();
-DROP FUNCTION IF EXISTS tether_record_change(text, smallint, text, text, text, bigint, jsonb, jsonb);
+DROP FUNCTION IF EXISTS tether_session_created();
+DROP FUNCTION IF EXISTS tether_session_changed();
 DROP FUNCTION IF EXISTS tether_revision();
-DROP FUNCTION IF EXISTS tether_xid();
 """
 
 # ---------------------------------------------------------------- SQLite
@@ -246,15 +232,17 @@ def _json_object(row: str, columns: Sequence[str]) -> str:
     return "json_object(" + ", ".join(f"'{c}', {value(c)}" for c in columns) + ")"
 
 
-# Revisions start at 2 (PostgreSQL's are far larger), so that `start_revision = 1` means
-# "every change still held" on both (0 means "from now").
-_SQLITE_NEXT = "(SELECT coalesce(max(revision), 1) + 1 FROM changes)"
+# SQLite's last revision handed out lives in `change_clock` (one row); each change moves it
+# first. It starts at 1, so revisions start at 2 (PostgreSQL's are far larger), and
+# `start_revision = 1` means "every change held" on both (0 means "from now").
+_SQLITE_TICK = "UPDATE change_clock SET revision = revision + 1; "
+_SQLITE_NEXT = "(SELECT revision FROM change_clock)"
 # Microseconds, as the UTC columns store them.
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'"
 
 
 def _sqlite_insert(ns: str, kind: str, session: str, who: str, ev: str, seq: str, snap: str, mem: str) -> str:
-    return (
+    return _SQLITE_TICK + (
         "INSERT INTO changes (namespace, revision, type, session, participant, event, sequence, "
         f"snapshot, member, change_time) VALUES ({ns}, {_SQLITE_NEXT}, {kind}, {session}, {who}, "
         f"{ev}, {seq}, {snap}, {mem}, {_SQLITE_NOW});"
@@ -424,10 +412,14 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("namespace", "revision", name="pk_changes"),
     )
-    # The process-wide scan for namespaces with news, and SQLite's next revision.
-    op.create_index("ix_changes_revision", "changes", ["revision"])
-    # Compaction by age.
-    op.create_index("ix_changes_change_time", "changes", ["change_time"])
+    # SQLite numbers changes from here (PostgreSQL leaves it alone).
+    op.create_table(
+        "change_clock",
+        sa.Column("id", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("revision", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_change_clock"),
+    )
+    op.execute("INSERT INTO change_clock (id, revision) VALUES (1, 1)")
     if op.get_bind().dialect.name == "postgresql":
         # One statement per execute (asyncpg prepares each); the functions are separated
         # by blank lines and hold none.
@@ -445,8 +437,7 @@ def downgrade() -> None:
     else:
         for name in _SQLITE_TRIGGER_NAMES:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
-    op.drop_index("ix_changes_change_time", table_name="changes")
-    op.drop_index("ix_changes_revision", table_name="changes")
+    op.drop_table("change_clock")
     op.drop_table("changes")
     with op.batch_alter_table("namespaces") as batch:
         batch.drop_column("compacted_revision")
