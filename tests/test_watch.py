@@ -13,21 +13,26 @@ import contextlib
 import itertools
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import struct_pb2
 
 from tests.support.errors import expect_error
-from tests.support.server import ServerProcess
+from tests.support.security import Credential, write_auth_file
+from tests.support.server import ServerFactory, ServerProcess
 from tests.support.tools import DEADLINE_SECONDS
 from tether.client import (
     AsyncSessionsClient,
     ChangeType,
     Event,
     Member,
+    OutOfRangeError,
     Participant,
     Reason,
     Session,
@@ -460,3 +465,216 @@ async def test_a_bad_filter_is_invalid_filter(aclient: AsyncSessionsClient, pare
     with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_FILTER):
         async with watching(aclient, parent=parent, filter="no_such_field = 1") as stream:
             await take(stream, 1)
+
+
+# --- 4. compaction ---------------------------------------------------------------------------------
+
+KEPT = 5
+COMPACTING = {"TETHER_WATCH_MAX_CHANGES": str(KEPT), "TETHER_SWEEP_INTERVAL": "0.1"}
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll an async condition that a server process makes true, up to a deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_compaction_turns_old_resume_points_out_of_range(server_factory: ServerFactory) -> None:
+    server = server_factory(env=COMPACTING)
+    parent = "namespaces/default"
+    with SessionsClient(server.target) as client:
+        agent = _participant(client, parent, AGENT)
+        session = _trigger(client, parent, agent)
+        renames = [_rename(client, session.name, f"r{i}") for i in range(2 * KEPT)]
+    newest = [s.etag for s in renames[-KEPT:]]
+    outcome: dict[str, Any] = {}
+
+    async with AsyncSessionsClient(server.target) as aclient:
+
+        async def compacted_to_the_newest() -> bool:
+            try:
+                await replay(aclient, parent, 1, 1)  # the first revision there could be
+            except OutOfRangeError as caught:
+                outcome["error"] = caught
+            else:
+                return False  # not compacted yet
+            resume_from = int(outcome["error"].metadata["resume_revision"])
+            try:
+                kept = await replay(aclient, parent, resume_from, KEPT)
+            except OutOfRangeError:
+                return False  # compacted further meanwhile
+            outcome["kept"] = kept
+            return [c.session.etag for c in kept] == newest
+
+        # The sweeper compacts while the renames are written: wait until it has caught up.
+        await eventually(compacted_to_the_newest, f"compaction down to the newest {KEPT} changes")
+        error, kept = outcome["error"], outcome["kept"]
+        assert (error.code, error.reason) == (grpc.StatusCode.OUT_OF_RANGE, Reason.REVISION_COMPACTED)
+        oldest, resume = int(error.metadata["oldest_revision"]), int(error.metadata["resume_revision"])
+        # resume_revision: the smallest start accepted; oldest_revision: the first change held.
+        assert resume < oldest == kept[0].revision
+        assert_increasing(kept)
+        with expect_error(grpc.StatusCode.OUT_OF_RANGE, Reason.REVISION_COMPACTED) as again:
+            await replay(aclient, parent, resume - 1, 1)
+        assert again.value.metadata == error.metadata
+        # A watch from a held revision is unaffected.
+        assert triples(await replay(aclient, parent, kept[1].revision, KEPT - 2)) == triples(kept[2:])
+    compaction = server.wait_for_event("changes_compacted", timeout=DEADLINE_SECONDS)
+    assert compaction is not None, server.log_tail()
+    assert "sweep_failed" not in server.log_text()
+
+
+# --- 5. a server restart under a watch -------------------------------------------------------------
+
+
+async def test_both_clients_watch_through_a_restart_without_gap_or_duplicate(
+    server_factory: ServerFactory,
+) -> None:
+    first = server_factory()
+    port = first.target.rpartition(":")[2]
+    parent = "namespaces/default"
+    with SessionsClient(first.target) as client:
+        agent = _participant(client, parent, AGENT)
+        session = _trigger(client, parent, agent)
+        start = head_revision(first.target, parent)
+        sync_watch = SyncWatch(first.target, parent=parent, start_revision=start)
+        try:
+            async with (
+                AsyncSessionsClient(first.target) as aclient,
+                watching(aclient, parent=parent, start_revision=start) as stream,
+            ):
+                before = [_rename(client, session.name, f"before {i}") for i in range(3)]
+                seen_sync = sync_watch.take(3)
+                seen_async = await take(stream, 3)
+
+                assert first.stop() == 0
+                second = server_factory(first.database_url, env={"TETHER_LISTEN": f"127.0.0.1:{port}"})
+                assert second.target == first.target  # the clients' target is unchanged
+
+                after = [_rename(client, session.name, f"after {i}") for i in range(3)]
+                seen_sync += sync_watch.take(3)
+                seen_async += await take(stream, 3)
+                replayed = await replay(aclient, parent, start, 6)
+        finally:
+            sync_watch.close()
+    etags = [s.etag for s in before + after]
+    assert [c.session.etag for c in seen_sync] == etags
+    assert [c.session.etag for c in seen_async] == etags
+    assert triples(seen_sync) == triples(seen_async) == triples(replayed)
+    assert_increasing(seen_sync)
+    # The first server ended the streams as it shut down (the clients reopened them).
+    assert "Traceback" not in first.log_text()
+
+
+# --- 6. access ---------------------------------------------------------------------------------------
+
+
+def test_a_reader_watches_its_own_namespace_only(
+    server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    own, theirs = f"w-{uuid.uuid4().hex[:8]}", f"w-{uuid.uuid4().hex[:8]}"
+    reader = Credential.new("reader-own", "reader", [own])
+    admin = Credential.new("admin", "admin", ["*"])
+    auth_file = write_auth_file(tmp_path_factory.mktemp("auth") / "auth.toml", [reader, admin])
+    server = server_factory(env={"TETHER_AUTH_FILE": str(auth_file)})
+    with (
+        SessionsClient(server.target, token=admin.token) as as_admin,
+        SessionsClient(server.target, token=reader.token) as as_reader,
+    ):
+        for namespace in (own, theirs):
+            as_admin.create_namespace(namespace_id=namespace)
+            _trigger(
+                as_admin, f"namespaces/{namespace}", _participant(as_admin, f"namespaces/{namespace}", AGENT)
+            )
+
+        # Another tenant's namespace looks exactly like one that does not exist.
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND) as denied:
+            next(iter(as_reader.watch_sessions(parent=f"namespaces/{theirs}")))
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND) as missing:
+            next(iter(as_admin.watch_sessions(parent="namespaces/w-missing")))
+        assert denied.value.metadata["resource_name"] == f"namespaces/{theirs}"
+        assert missing.value.metadata["resource_name"] == "namespaces/w-missing"
+        with expect_error(grpc.StatusCode.NOT_FOUND, Reason.NAMESPACE_NOT_FOUND):
+            start = head_revision(server.target, f"namespaces/{own}", reader.token)
+            next(iter(as_reader.watch_sessions(parent=f"namespaces/{theirs}", start_revision=start)))
+
+        # Its own: watched like any other caller would.
+        own_parent = f"namespaces/{own}"
+        start = head_revision(server.target, own_parent, reader.token)
+        created = _trigger(as_admin, own_parent, _participant(as_admin, own_parent, AGENT))
+        stream = as_reader.watch_sessions(parent=own_parent, start_revision=start)
+        try:
+            change = next(stream)
+        finally:
+            stream.close()  # type: ignore[attr-defined]
+        assert (change.type, change.session) == (CREATED, created)
+
+
+# --- a watch from an empty log -----------------------------------------------------------------------
+
+
+async def test_a_watch_from_an_empty_log_resumes_without_loss(server_factory: ServerFactory) -> None:
+    """The first watch of a fresh database is told (`tether-revision`) that it starts after
+    some revision; resuming from exactly that revision, as the client's iterators do after a
+    break, must deliver every change made since: none may be skipped as "before now"."""
+    server = server_factory()
+    parent = "namespaces/default"
+    with SessionsClient(server.target) as client:
+        agent = _participant(client, parent, AGENT)  # participants are not in the change log
+        handed_out = head_revision(server.target, parent)  # the watch, then it broke
+        missed = _trigger(client, parent, agent)  # written while the watcher was away
+        with grpc.insecure_channel(server.target) as channel:
+            call = session_service_pb2_grpc.SessionServiceStub(channel).WatchSessions(
+                pb.WatchSessionsRequest(parent=parent, start_revision=handed_out), timeout=DEADLINE_SECONDS
+            )
+            try:
+                _start_of(call)  # the resumed stream is open
+                sentinel = _rename(client, missed.name, "sentinel")
+                resumed = next(call)
+            finally:
+                call.cancel()
+    assert (resumed.type, resumed.session.name) == (CREATED, missed.name), (
+        f"resuming from the handed-out revision {handed_out} skipped {missed.name}'s CREATED "
+        f"(first change delivered: {ChangeType.Name(resumed.type)} {resumed.session.etag}, "
+        f"the sentinel's etag is {sentinel.etag})"
+    )
+
+
+# --- 8. a slow watcher -------------------------------------------------------------------------------
+
+SLOW_EVENTS = 600
+BIG_TEXT = "x" * 8000  # ~5 MB of changes in all: far beyond gRPC's flow-control windows
+
+
+async def test_a_watcher_that_does_not_read_loses_nothing_and_holds_up_no_one(
+    client: SessionsClient, aclient: AsyncSessionsClient, server: ServerProcess, parent: str
+) -> None:
+    agent = _participant(client, parent, AGENT)
+    session = _trigger(client, parent, agent)
+    start = head_revision(server.target, parent)
+    opener = _rename(client, session.name, "open")
+    async with watching(aclient, parent=parent, start_revision=start) as stream:
+        [first] = await take(stream, 1)  # the stream is open; now it is not read for a while
+        assert first.session.etag == opener.etag
+
+        limit = asyncio.Semaphore(8)
+
+        async def append(i: int) -> pb.AppendEventResponse:
+            async with limit:
+                event = Event(content=_struct({"text": BIG_TEXT, "i": i}))
+                return await aclient.append_event(parent=session.name, event=event)
+
+        appended = await asyncio.gather(*(append(i) for i in range(SLOW_EVENTS)))
+        # Other calls are served as usual meanwhile.
+        assert (await aclient.get_session(name=session.name)).event_count == SLOW_EVENTS
+        assert [s.name async for s in aclient.list_sessions(parent=parent)] == [session.name]
+
+        changes = await take(stream, SLOW_EVENTS)
+    assert {c.type for c in changes} == {EVENT_APPENDED}
+    assert_increasing(changes)
+    by_sequence = {r.event.sequence: r.event for r in appended}
+    assert [c.event.sequence for c in changes] == list(range(1, SLOW_EVENTS + 1))
+    assert all(c.event == by_sequence[c.event.sequence] for c in changes)  # each whole, as appended
