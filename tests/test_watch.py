@@ -15,14 +15,17 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from tests.support.databases import DatabaseBackend, libpq_url
 from tests.support.errors import expect_error
 from tests.support.security import Credential, write_auth_file
 from tests.support.server import ServerFactory, ServerProcess
@@ -678,3 +681,147 @@ async def test_a_watcher_that_does_not_read_loses_nothing_and_holds_up_no_one(
     by_sequence = {r.event.sequence: r.event for r in appended}
     assert [c.event.sequence for c in changes] == list(range(1, SLOW_EVENTS + 1))
     assert all(c.event == by_sequence[c.event.sequence] for c in changes)  # each whole, as appended
+
+
+# --- 7. PostgreSQL: concurrent writers on two servers, a late commit, three watchers ---------------
+
+WRITERS = 16
+WRITES_EACH = 24
+SHARED_SESSIONS = 4
+SLOW_COMMITS_AFTER = 96  # acknowledged writes of the others before the slow transaction commits
+
+WriteKey = tuple[Any, ...]
+
+
+def write_key(change: Change) -> WriteKey:
+    """Which acknowledged write a change reports (each write of the test is unique by this)."""
+    session = change.session.name
+    if change.type == EVENT_APPENDED:
+        return ("event", change.event.name)
+    if change.type == UPDATED:
+        return ("update", session, change.session.display_name)
+    if change.type == ACTIVITY:
+        return ("activity", session, change.session.last_activity_time.ToMicroseconds())
+    if change.type == MEMBER_ADDED:
+        return ("member", session, change.member.participant)
+    return ("unexpected", ChangeType.Name(change.type), session)
+
+
+@pytest.mark.pg_only
+async def test_writers_on_two_servers_and_a_late_commit_make_one_gap_free_order(
+    server_factory: ServerFactory, database_backend: DatabaseBackend
+) -> None:
+    assert database_backend.name == "postgresql"
+    database = server_factory.new_database()
+    servers = [server_factory(database), server_factory(database)]
+    parent = "namespaces/default"
+    with SessionsClient(servers[0].target) as setup:
+        agent = _participant(setup, parent, AGENT)
+        shared = [_trigger(setup, parent, agent).name for _ in range(SHARED_SESSIONS)]
+        own = [_trigger(setup, parent, agent).name for _ in range(WRITERS)]  # RecordActivity's
+        slow_session = _trigger(setup, parent, agent).name  # the slow transaction's alone
+        joiners = [
+            [_participant(setup, parent, USER) for _ in range(WRITES_EACH // 4)] for _ in range(WRITERS)
+        ]
+    start = head_revision(servers[0].target, parent)
+    total = WRITERS * WRITES_EACH + 1
+
+    acked: list[WriteKey] = []
+    enough = asyncio.Event()
+    slow_started = asyncio.Event()
+
+    def ack(key: WriteKey) -> None:
+        acked.append(key)
+        if len(acked) >= SLOW_COMMITS_AFTER:
+            enough.set()
+
+    async with (
+        AsyncSessionsClient(servers[0].target) as first,
+        AsyncSessionsClient(servers[1].target) as second,
+    ):
+        clients = [first, second]
+
+        async def writer(w: int) -> None:
+            client = clients[w % 2]
+            later = datetime.now(UTC) + timedelta(days=1)
+            await slow_started.wait()
+            for j in range(WRITES_EACH):
+                target = shared[(w + j) % SHARED_SESSIONS]
+                if j % 4 == 0:
+                    appended = await client.append_event(
+                        parent=target, event=Event(content=_struct({"w": w}))
+                    )
+                    ack(("event", appended.event.name))
+                elif j % 4 == 1:
+                    await client.update_session(session=Session(name=target, display_name=f"w{w}-{j}"))
+                    ack(("update", target, f"w{w}-{j}"))
+                elif j % 4 == 2:
+                    moved = await client.record_activity(
+                        name=own[w], activity_time=later + timedelta(seconds=j)
+                    )
+                    ack(("activity", own[w], moved.last_activity_time.ToMicroseconds()))
+                else:
+                    joiner = Member(participant=joiners[w][j // 4], role=Member.ROLE_OBSERVER)
+                    added = await client.add_member(parent=target, member=joiner)
+                    ack(("member", target, added.participant))
+
+        async def slow_writer() -> list[WriteKey]:
+            """One UPDATE in a transaction that commits only after many later ones did."""
+            connection = await asyncpg.connect(libpq_url(database))
+            try:
+                transaction = connection.transaction()
+                await transaction.start()
+                await connection.execute(
+                    "UPDATE sessions SET display_name = 'slow', version = version + 1 "
+                    "WHERE namespace = $1 AND session = $2",
+                    "default",
+                    slow_session.rpartition("/")[2],
+                )
+                slow_started.set()  # its transaction id is taken: every writer's is larger
+                await enough.wait()
+                committed_before = list(acked)
+                await transaction.commit()
+            finally:
+                await connection.close()
+            ack(("update", slow_session, "slow"))
+            return committed_before
+
+        async def watcher(client: AsyncSessionsClient) -> list[Change]:
+            async with watching(client, parent=parent, start_revision=start) as stream:
+                return await take(stream, total)
+
+        async def hopping_watcher() -> list[Change]:
+            """Closed and reopened twice (from the last revision seen), on alternating servers."""
+            seen: list[Change] = []
+            for hop, until in enumerate((total // 3, 2 * total // 3, total)):
+                after = seen[-1].revision if seen else start
+                async with watching(clients[hop % 2], parent=parent, start_revision=after) as stream:
+                    seen += await take(stream, until - len(seen))
+            return seen
+
+        watchers = [
+            asyncio.create_task(watcher(first)),
+            asyncio.create_task(watcher(second)),
+            asyncio.create_task(hopping_watcher()),
+        ]
+        slow = asyncio.create_task(slow_writer())
+        await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+        committed_before = await slow
+        streams = await asyncio.gather(*watchers)
+        fresh = await replay(first, parent, start, total)
+
+    # Every write succeeded (refusals for revision order were retried by the servers) and is
+    # reported exactly once, by every watcher, in one strictly increasing order.
+    assert len(acked) == total == len(set(acked))
+    assert Counter(write_key(c) for c in fresh) == Counter(acked)
+    assert_increasing(fresh)
+    for stream in streams:
+        assert triples(stream) == triples(fresh)
+    assert all(c.revision > start for c in fresh)
+
+    # The late commit is delivered in its place: before changes that committed before it.
+    revision = {write_key(c): c.revision for c in fresh}
+    slow_revision = revision[("update", slow_session, "slow")]
+    assert len(committed_before) >= SLOW_COMMITS_AFTER
+    assert all(revision[key] > slow_revision for key in committed_before), "the slow change is not older"
+    assert [c.type for c in fresh if c.session.name == slow_session] == [UPDATED]
