@@ -549,9 +549,14 @@ async def test_compaction_turns_old_resume_points_out_of_range(server_factory: S
 # --- 5. a server restart under a watch -------------------------------------------------------------
 
 
+RESTART_WATCHERS = 4  # of each client: a reopen racing the server's stop is not a rare case
+
+
 async def test_both_clients_watch_through_a_restart_without_gap_or_duplicate(
     server_factory: ServerFactory,
 ) -> None:
+    """Watches of both clients, reading while the server is stopped (SIGTERM) and a new one
+    is started on the same database and port: each continues after its last revision."""
     first = server_factory()
     port = first.target.rpartition(":")[2]
     parent = "namespaces/default"
@@ -559,31 +564,56 @@ async def test_both_clients_watch_through_a_restart_without_gap_or_duplicate(
         agent = _participant(client, parent, AGENT)
         session = _trigger(client, parent, agent)
         start = head_revision(first.target, parent)
-        sync_watch = SyncWatch(first.target, parent=parent, start_revision=start)
+        sync_watches = [
+            SyncWatch(first.target, parent=parent, start_revision=start) for _ in range(RESTART_WATCHERS)
+        ]
+        seen_async: list[list[Change]] = [[] for _ in range(RESTART_WATCHERS)]
         try:
-            async with (
-                AsyncSessionsClient(first.target) as aclient,
-                watching(aclient, parent=parent, start_revision=start) as stream,
-            ):
-                before = [_rename(client, session.name, f"before {i}") for i in range(3)]
-                seen_sync = sync_watch.take(3)
-                seen_async = await take(stream, 3)
+            async with AsyncSessionsClient(first.target) as aclient:
 
-                assert first.stop() == 0
-                second = server_factory(first.database_url, env={"TETHER_LISTEN": f"127.0.0.1:{port}"})
+                async def follow(into: list[Change]) -> None:
+                    async with watching(aclient, parent=parent, start_revision=start) as stream:
+                        async with asyncio.timeout(DEADLINE_SECONDS):
+                            while len(into) < 6:
+                                into.append(await anext(stream))
+
+                followers = [asyncio.create_task(follow(into)) for into in seen_async]
+                before = [_rename(client, session.name, f"before {i}") for i in range(3)]
+                seen_sync = [await asyncio.to_thread(w.take, 3) for w in sync_watches]
+
+                async def async_watchers_have_read_them() -> bool:
+                    return all(len(into) >= 3 for into in seen_async)
+
+                await eventually(async_watchers_have_read_them, "the async watchers' first changes")
+
+                # The loop keeps running meanwhile: the async watchers reopen as they would.
+                assert await asyncio.to_thread(first.stop) == 0
+                second = await asyncio.to_thread(
+                    server_factory, first.database_url, env={"TETHER_LISTEN": f"127.0.0.1:{port}"}
+                )
                 assert second.target == first.target  # the clients' target is unchanged
 
                 after = [_rename(client, session.name, f"after {i}") for i in range(3)]
-                seen_sync += sync_watch.take(3)
-                seen_async += await take(stream, 3)
+                broken: list[str] = []
+                for w, seen in zip(sync_watches, seen_sync, strict=True):
+                    try:
+                        seen += await asyncio.to_thread(w.take, 3)
+                    except AssertionError as error:
+                        broken.append(f"sync: {error.__cause__!r}")
+                for outcome in await asyncio.gather(*followers, return_exceptions=True):
+                    if outcome is not None:
+                        broken.append(f"async: {outcome!r}")
+                # Each one kept going (a reopen that met the stopping server was retried).
+                assert not broken, f"{len(broken)} of {2 * RESTART_WATCHERS} watches ended: {broken}"
                 replayed = await replay(aclient, parent, start, 6)
         finally:
-            sync_watch.close()
+            for w in sync_watches:
+                w.close()
     etags = [s.etag for s in before + after]
-    assert [c.session.etag for c in seen_sync] == etags
-    assert [c.session.etag for c in seen_async] == etags
-    assert triples(seen_sync) == triples(seen_async) == triples(replayed)
-    assert_increasing(seen_sync)
+    assert [c.session.etag for c in replayed] == etags
+    for seen in seen_sync + seen_async:
+        assert triples(seen) == triples(replayed)
+    assert_increasing(replayed)
     # The first server ended the streams as it shut down (the clients reopened them).
     assert "Traceback" not in first.log_text()
 
