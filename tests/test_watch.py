@@ -42,6 +42,9 @@ from tether.client import (
     SessionsClient,
     WatchSessionsResponse,
 )
+from tether.server.db.base import Database
+from tether.server.db.changes import compact
+from tether.server.db.engine import create_engine
 from tether.v1 import session_service_pb2 as pb
 from tether.v1 import session_service_pb2_grpc
 
@@ -871,3 +874,52 @@ async def test_writers_on_two_servers_and_a_late_commit_make_one_gap_free_order(
     assert len(committed_before) >= SLOW_COMMITS_AFTER
     assert all(revision[key] > slow_revision for key in committed_before), "the slow change is not older"
     assert [c.type for c in fresh if c.session.name == slow_session] == [UPDATED]
+
+
+async def test_compaction_by_age_keeps_only_the_newest_change_of_the_log(
+    server_factory: ServerFactory,
+) -> None:
+    """`compact` called directly (the sweeper's call, with a chosen `now`): by age everything
+    may go but the newest change of the whole log; each namespace's resume point follows."""
+    server = server_factory()  # its sweeper's first round is a minute away
+    own, other = "namespaces/default", "namespaces/other"
+    with SessionsClient(server.target) as client:
+        client.create_namespace(namespace_id="other")
+        client.create_namespace(namespace_id="first")  # its 2 changes: a start before the rest
+        _trigger(client, "namespaces/first", _participant(client, "namespaces/first", AGENT))
+        start = head_revision(server.target, own)
+        sessions = {
+            parent: _trigger(client, parent, _participant(client, parent, AGENT)) for parent in (own, other)
+        }
+        for i in range(3):
+            for parent, session in sessions.items():
+                _rename(client, session.name, f"{parent} {i}")
+        async with AsyncSessionsClient(server.target) as aclient:
+            logs = {parent: await replay(aclient, parent, start, 5) for parent in (own, other)}
+            newest = logs[other][-1]  # written last: the newest change of all
+            assert newest.revision > logs[own][-1].revision
+
+            engine = create_engine(server.database_url)
+            try:
+                db = Database(engine, timedelta(days=30))
+                later = datetime.now(UTC) + timedelta(minutes=1)
+                dropped = await compact(db, timedelta(0), 1_000_000, now=later)
+            finally:
+                await engine.dispose()
+            assert dropped == 2 + 10 - 1  # all but the newest
+
+            for parent, resume, oldest in (
+                # Nothing of its own is left: it resumes after its last change.
+                (own, logs[own][-1].revision, logs[own][-1].revision),
+                (other, logs[other][-2].revision, newest.revision),
+            ):
+                with expect_error(grpc.StatusCode.OUT_OF_RANGE, Reason.REVISION_COMPACTED) as info:
+                    await replay(aclient, parent, logs[parent][0].revision, 1)
+                assert info.value.metadata["resume_revision"] == str(resume), parent
+                assert info.value.metadata["oldest_revision"] == str(oldest), parent
+            assert triples(await replay(aclient, other, logs[other][-2].revision, 1)) == triples([newest])
+            # A watch from the resume point loses nothing: the next change is there.
+            async with watching(aclient, parent=own, start_revision=logs[own][-1].revision) as stream:
+                sentinel = _rename(client, sessions[own].name, "after compaction")
+                [change] = await take(stream, 1)
+            assert change.session.etag == sentinel.etag
