@@ -68,6 +68,12 @@ def test_bad_input_is_never_internal(client: SessionsClient, parent: str, call: 
     assert client.get_namespace(name="namespaces/default").name == "namespaces/default"
 
 
-def test_unimplemented_rpcs_say_so(client: SessionsClient, parent: str) -> None:
-    with expect_error(grpc.StatusCode.UNIMPLEMENTED, Reason.NOT_IMPLEMENTED):
-        next(iter(client.watch_sessions(parent=parent)))
+def test_a_bad_watch_names_every_bad_field(client: SessionsClient, parent: str) -> None:
+    """WatchSessions, the one streaming RPC, reports bad input like the unary ones: all of it
+    at once, before the stream starts."""
+    with expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["start_revision", "read_mask"]
+    ):
+        next(iter(client.watch_sessions(parent=parent, start_revision=-5, read_mask=["etag", "nope"])))
+    with expect_error(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, fields=["parent"]):
+        next(iter(client.watch_sessions(parent="namespaces/")))
