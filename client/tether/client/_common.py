@@ -289,7 +289,9 @@ class WatchResumer:
         """Seconds to wait before reopening after `error`; raises the typed error instead
         when it is not UNAVAILABLE or the server stayed away too long."""
         typed = from_rpc_error(error)
-        if typed.code != grpc.StatusCode.UNAVAILABLE:
+        # CANCELLED here is never the caller's (closing the iterator is not an RpcError):
+        # a stopping server cancels the calls that had not reached a handler yet.
+        if typed.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             raise typed from error
         now = monotonic()
         if now - self._opened_at >= WATCH_HEALTHY_AFTER:

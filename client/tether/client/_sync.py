@@ -691,7 +691,7 @@ class SessionsClient:
         Starts after `start_revision` (0: from now). Each change's `session` is the
         session as it was right after the change, without `session_state` unless
         `read_mask` asks for it (`["*"]`: every field; or a list of Session fields).
-        `filter` is a ListSessions filter. When the stream breaks with UNAVAILABLE (a
+        `filter` is a ListSessions filter. When the stream breaks with UNAVAILABLE or CANCELLED (a
         server restart, a lost replica) it is reopened after the last revision
         delivered, with backoff, so no change is missed or repeated; other errors (e.g.
         OutOfRangeError for a compacted revision) are raised. Stop early

@@ -302,10 +302,17 @@ class TetherServer:
         seconds, then release the database."""
         await self.drain(0)
         self._health.close()
+        grace = self.settings.shutdown_grace if grace is None else grace
+        stopping = asyncio.ensure_future(self._server.stop(grace)) if self._server is not None else None
         if self._hub is not None:
-            await self._hub.close()  # watch streams end (UNAVAILABLE) and resume elsewhere
-        if self._server is not None:
-            await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+            # Once the port is closed and GOAWAY sent (the stop's first step), end the watch
+            # streams (UNAVAILABLE): their clients reopen on a new connection, i.e. another
+            # replica or the restarted server, never on this one where gRPC would cancel the
+            # call before it reached a handler.
+            await asyncio.sleep(0)
+            await self._hub.close()
+        if stopping is not None:
+            await stopping
         if self._db is not None:
             await self._db.close()
         if self._ping_engine is not None:
