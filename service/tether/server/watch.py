@@ -290,10 +290,11 @@ async def follow(
             )
         position = start_revision or head
         await context.send_initial_metadata(((REVISION_METADATA, str(position)),))
+        reader = changes_db.Reader(db, namespace, where, with_state=mask.with_state)
         while True:
             signal = hub.signal(namespace)
             try:
-                page = await changes_db.read(db, namespace, position, where, with_state=mask.with_state)
+                page = await reader.read(position)
             except changes_db.OutOfRangeError as exc:
                 raise _compacted(exc) from None
             for change in page.changes:

@@ -17,15 +17,18 @@ reported (`OutOfRangeError`) rather than silently skipped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     column,
     delete,
     func,
@@ -141,7 +144,7 @@ def _retarget(where: ColumnElement[bool], columns: dict[str, ColumnElement[Any]]
 def _page_select(
     dialect: str,
     namespace: str,
-    after: int,
+    after: int | ColumnElement[Any],
     through: int | ColumnElement[Any],
     where: ColumnElement[bool] | None,
     with_state: bool,
@@ -188,13 +191,24 @@ def _page_select(
     return stmt
 
 
+@functools.lru_cache(maxsize=64)
+def _split(keys: tuple[str, ...], prefix: str) -> tuple[tuple[str, str], ...]:
+    """(column label, column name) of the labels that start with `prefix` (a page's rows
+    all have the same labels: worked out once)."""
+    return tuple((key, key[len(prefix) :]) for key in keys if key.startswith(prefix))
+
+
+def _prefixed(row: Row, prefix: str) -> dict[str, Any]:
+    return {name: row[key] for key, name in _split(tuple(row.keys()), prefix)}
+
+
 def _change(row: Row, namespace: str, with_state: bool) -> Change:
-    session = {key[2:]: value for key, value in row.items() if key.startswith("s_")}
+    session = _prefixed(row, "s_")
     if not with_state:
         session["session_state"] = None
     member = None
     if row["c_participant"] is not None:
-        member = {key[2:]: value for key, value in row.items() if key.startswith("m_")}
+        member = _prefixed(row, "m_")
         member["participant"] = row["c_participant"]
         member["participant_kind"] = member["participant_kind"] or 0
         member["participant_uid"] = member["participant_uid"] or ""
@@ -206,10 +220,7 @@ def _change(row: Row, namespace: str, with_state: bool) -> Change:
             "event": row["c_event"],
             "sequence": row["c_sequence"],
         }
-        if row["e_present"] is not None:
-            event = {**{key[2:]: value for key, value in row.items() if key.startswith("e_")}, **keys}
-        else:
-            event = keys
+        event = {**_prefixed(row, "e_"), **keys} if row["e_present"] is not None else keys
     return Change(row["revision"], row["type"], row["change_time"], session, member, event)
 
 
@@ -261,11 +272,12 @@ def _read_in(
 
 
 def _page_in_one_statement(
-    namespace: str, after: int, where: ColumnElement[bool] | None, with_state: bool, limit: int
+    namespace: str, where: ColumnElement[bool] | None, with_state: bool, limit: int
 ) -> Any:
-    """PostgreSQL: the frontier, the compaction mark, the window and the page in one
-    statement (one snapshot, one round trip): at least one row, the page's columns NULL
-    when the window is empty."""
+    """PostgreSQL: the frontier, the compaction mark, the window after the bound parameter
+    `after` and the page in one statement (one snapshot, one round trip): at least one
+    row, the page's columns NULL when the window is empty."""
+    after = bindparam("after", type_=BigInteger)
     f = select(
         _frontier_sql("postgresql").label("frontier"),
         select(namespaces.c.compacted_revision)
@@ -292,28 +304,71 @@ def _page_in_one_statement(
     )
 
 
-async def _read_postgresql(
-    db: Database, namespace: str, after: int, where: ColumnElement[bool] | None, with_state: bool, limit: int
-) -> Page:
-    async with db.read() as conn:
-        result = await conn.execute(_page_in_one_statement(namespace, after, where, with_state, limit))
-        rows = result.mappings().all()
+class Reader:
+    """One watch's pages of one namespace's changes matching a ListSessions filter.
+
+    On PostgreSQL the page statement is built and compiled once, then run on the hot pool
+    (plain asyncpg) for every page: a watch reads a page per wake-up, often of a few
+    changes, and SQLAlchemy's per-statement work would cost more than the changes."""
+
+    def __init__(
+        self,
+        db: Database,
+        namespace: str,
+        where: ColumnElement[bool] | None = None,
+        *,
+        with_state: bool = False,
+        limit: int = PAGE_SIZE,
+    ) -> None:
+        self._db, self._namespace, self._where = db, namespace, where
+        self._with_state, self._limit = with_state, limit
+        self._sql = ""
+        self._params: list[Any] = []
+        self._after_at = -1
+        if db.hot is not None:
+            self._compile()
+
+    def _compile(self) -> None:
+        compiled: Any = _page_in_one_statement(
+            self._namespace, self._where, self._with_state, self._limit
+        ).compile(dialect=self._db.engine.dialect)
+        processors = getattr(compiled, "_bind_processors", {})
+        values = compiled.construct_params({"after": 0})
+        names_in_order = compiled.positiontup
+        self._sql = compiled.string
+        self._params = [
+            processors[name](values[name]) if name in processors else values[name] for name in names_in_order
+        ]
+        self._after_at = names_in_order.index("after")
+
+    async def read(self, after: int) -> Page:
+        """The next page after revision `after`; OutOfRangeError when some of the changes
+        after it were compacted away, NOT_FOUND when the namespace is gone."""
+        if self._db.hot is None:
+            # The frontier, the compaction mark and the page in one snapshot (a read transaction).
+            return await self._db.snapshot(
+                _read_in, self._namespace, after, self._where, self._with_state, self._limit
+            )
+        params = list(self._params)
+        params[self._after_at] = after
+        rows = await self._db.hot.fetch(self._sql, *params)
         head = rows[0]
         if head["compacted"] is None:
-            raise errors.not_found(errors.Resource.NAMESPACE, f"namespaces/{namespace}")
+            raise errors.not_found(errors.Resource.NAMESPACE, f"namespaces/{self._namespace}")
         if after < head["compacted"]:
-            oldest = (
-                await conn.execute(
-                    select(func.min(changes.c.revision)).where(changes.c.namespace == namespace)
-                )
-            ).scalar_one_or_none()
-            raise OutOfRangeError(after, head["compacted"], oldest or head["compacted"])
-    frontier, last, count = head["frontier"], head["last"], head["n"]
-    if not count:
-        return Page([], max(after, frontier - 1), more=False)
-    found = [_change(row, namespace, with_state) for row in rows if row["revision"] is not None]
-    full = count >= limit
-    return Page(found, last if full else max(last, frontier - 1), more=full)
+            oldest = await self._db.hot.fetchrow(
+                "SELECT min(revision) AS oldest FROM changes WHERE namespace = $1", self._namespace
+            )
+            held = oldest["oldest"] if oldest else None
+            raise OutOfRangeError(after, head["compacted"], held or head["compacted"])
+        frontier, last, count = head["frontier"], head["last"], head["n"]
+        if not count:
+            return Page([], max(after, frontier - 1), more=False)
+        found = [
+            _change(row, self._namespace, self._with_state) for row in rows if row["revision"] is not None
+        ]
+        full = count >= self._limit
+        return Page(found, last if full else max(last, frontier - 1), more=full)
 
 
 async def read(
@@ -325,13 +380,8 @@ async def read(
     with_state: bool = False,
     limit: int = PAGE_SIZE,
 ) -> Page:
-    """The next page of `namespace`'s final changes after revision `after` that match
-    `where` (a ListSessions filter); OutOfRangeError when some were compacted away,
-    NOT_FOUND when the namespace is gone."""
-    if db.is_postgresql:
-        return await _read_postgresql(db, namespace, after, where, with_state, limit)
-    # The frontier, the compaction mark and the page in one snapshot (a read transaction).
-    return await db.snapshot(_read_in, namespace, after, where, with_state, limit)
+    """One page after `after` (see `Reader`, which a watch keeps for all its pages)."""
+    return await Reader(db, namespace, where, with_state=with_state, limit=limit).read(after)
 
 
 def _head_in(conn: Connection, namespace: str) -> int:
