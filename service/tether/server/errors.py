@@ -375,10 +375,6 @@ def already_exists(resource: Resource, resource_name: str, message: str | None =
     )
 
 
-def unimplemented(method: str, message: str) -> ApiError:
-    return ApiError(Reason.NOT_IMPLEMENTED, message, metadata={"method": method})
-
-
 def unauthenticated(message: str) -> ApiError:
     """No usable credentials; `message` must never quote the token."""
     return ApiError(Reason.UNAUTHENTICATED, message)
@@ -408,14 +404,15 @@ ORDER_RACE_SQLSTATE = "TX001"
 _CONFLICT_SQLSTATES = ("40001", "40P01", ORDER_RACE_SQLSTATE)
 
 
-def _sqlstate(error: BaseException) -> object:
+def sqlstate(error: BaseException) -> object:
+    """The SQLSTATE of a database error: SQLAlchemy's (its driver's inside) or asyncpg's own."""
     orig = error.orig if isinstance(error, sa_exc.DBAPIError) else error
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
 def is_order_race(error: BaseException) -> bool:
     """Whether `error` is the TX001 refusal of a write that is safe to run again at once."""
-    return _sqlstate(error) == ORDER_RACE_SQLSTATE
+    return sqlstate(error) == ORDER_RACE_SQLSTATE
 
 
 def from_database_error(error: Exception) -> ApiError | None:
@@ -430,10 +427,10 @@ def from_database_error(error: Exception) -> ApiError | None:
     """
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return unavailable()
-    sqlstate = _sqlstate(error)
-    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+    code = sqlstate(error)
+    if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
         return unavailable()
-    if sqlstate in _CONFLICT_SQLSTATES:
+    if code in _CONFLICT_SQLSTATES:
         return ApiError(Reason.CONCURRENT_CHANGE, "the call lost a race with another; retry it")
     if isinstance(error, sa_exc.OperationalError):
         # SQLite "database is locked" after busy_timeout, disk I/O, or a

@@ -158,6 +158,9 @@ class CallGuard:
     def _wrap_unary(self, behaviour: UnaryBehaviour, method: str) -> UnaryBehaviour:
         """For unary responses, and for streaming ones written with `context.write`."""
 
+        # Decided once, at registration: only mutating methods wake the watchers.
+        on_write = self._on_write if _mutating(method) else None
+
         async def wrapped(request: Any, context: Context) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
@@ -174,8 +177,8 @@ class CallGuard:
                 code = self._code_of(exc, context)
                 await self._answer(exc, context, method)
             finally:
-                if self._on_write is not None and _mutating(method):
-                    self._on_write()
+                if on_write is not None:
+                    on_write()
                 self._log_call(method, code, start, principal, request, response)
 
         return wrapped
@@ -261,7 +264,6 @@ class CallGuard:
         principal_id = principal.id if principal else None
         log = self._log.error if code in _SERVER_FAULTS else self._log.info
         log("rpc", method=method, code=code.name, principal=principal_id, duration_ms=duration_ms)
-        rule = policy.RULES_BY_PATH.get(method)
-        if rule is None or rule.mutating:
+        if _mutating(method):
             resource = policy.audited_resource(method, request, response)
             self._log.info("audit", principal=principal_id, method=method, resource=resource, code=code.name)

@@ -116,17 +116,6 @@ class Database:
         async with self.read() as conn:
             return await conn.run_sync(call)
 
-    async def snapshot(
-        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """`work(conn, *args, **kwargs)` in a read-only transaction whose statements all
-        see one snapshot (REPEATABLE READ on PostgreSQL; any SQLite transaction does)."""
-        if not self.is_postgresql:
-            return await self.query(work, *args, **kwargs)
-        call = _bound(work, *args, **kwargs)
-        async with self._connection(snapshot=True) as conn:
-            return await conn.run_sync(call)
-
     async def reset_connections(self) -> None:
         """Drop every pooled connection (after an outage they are likely dead)."""
         await self.engine.dispose()
@@ -168,7 +157,7 @@ class Database:
 
     @asynccontextmanager
     async def _connection(
-        self, *, autocommit: bool = False, sqlite_read_only: bool = False, snapshot: bool = False
+        self, *, autocommit: bool = False, sqlite_read_only: bool = False
     ) -> AsyncIterator[AsyncConnection]:
         async with AsyncExitStack() as stack:
             try:
@@ -179,8 +168,6 @@ class Database:
                 raise errors.unavailable() from exc
             if self.is_postgresql and autocommit:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
-            elif self.is_postgresql and snapshot:
-                await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             elif sqlite_read_only:
                 await conn.execution_options(**{READ_ONLY: True})
             await stack.enter_async_context(conn.begin())
@@ -190,7 +177,7 @@ class Database:
 def constraint_kind(error: Exception) -> str:
     """`unique`, `foreign_key` or `other` for an IntegrityError on either database."""
     orig = getattr(error, "orig", error)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    code = errors.sqlstate(error)
     if code == "23505":
         return "unique"
     if code == "23503":

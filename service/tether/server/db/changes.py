@@ -10,9 +10,9 @@ order, and only below the *frontier*: the revision under which the log is final.
 - SQLite: one past the largest revision (writers take turns and number their changes in
   commit order, so everything a reader sees is final).
 
-Each page is read in one snapshot (REPEATABLE READ on PostgreSQL) together with the
-namespace's `compacted_revision`, so a resume point that compaction overtook is
-reported (`OutOfRangeError`) rather than silently skipped.
+Each page is read in one snapshot (one statement on PostgreSQL, one read transaction
+on SQLite) together with the namespace's `compacted_revision`, so a resume point that
+compaction overtook is reported (`OutOfRangeError`) rather than silently skipped.
 """
 
 from __future__ import annotations
@@ -350,8 +350,8 @@ class Reader:
         """The next page after revision `after`; OutOfRangeError when some of the changes
         after it were compacted away, NOT_FOUND when the namespace is gone."""
         if self._db.hot is None:
-            # The frontier, the compaction mark and the page in one snapshot (a read transaction).
-            return await self._db.snapshot(
+            # SQLite: the frontier, the compaction mark and the page in one read transaction.
+            return await self._db.query(
                 _read_in, self._namespace, after, self._where, self._with_state, self._limit
             )
         params = list(self._params)
@@ -374,19 +374,6 @@ class Reader:
         ]
         full = count >= self._limit
         return Page(found, last if full else max(last, frontier - 1), more=full)
-
-
-async def read(
-    db: Database,
-    namespace: str,
-    after: int,
-    where: ColumnElement[bool] | None = None,
-    *,
-    with_state: bool = False,
-    limit: int = PAGE_SIZE,
-) -> Page:
-    """One page after `after` (see `Reader`, which a watch keeps for all its pages)."""
-    return await Reader(db, namespace, where, with_state=with_state, limit=limit).read(after)
 
 
 def _head_in(conn: Connection, namespace: str) -> int:

@@ -15,12 +15,15 @@ uses it; `tests/test_hot_statements.py` checks that both return the same row.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from tether.server import errors
+
+T = TypeVar("T")
 
 # asyncpg's own connect timeout (seconds): a blackholed host fails instead of hanging.
 CONNECT_TIMEOUT = 10
@@ -77,16 +80,7 @@ class HotPool:
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         """Every row of `sql` run with `args` (failures as `fetchrow`'s)."""
-        try:
-            connection = await self._pool.acquire()
-        except Exception as exc:  # no connection to be had, whatever the server says why
-            raise errors.unavailable() from exc
-        try:
-            records = await connection.fetch(sql, *args)
-        except _CONNECTION_FAILURES as exc:
-            raise errors.unavailable() from exc
-        finally:
-            await self._pool.release(connection)
+        records = await self._run(lambda connection: connection.fetch(sql, *args))
         return [dict(record.items()) for record in records]
 
     async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
@@ -96,14 +90,18 @@ class HotPool:
         A cancelled call (deadline, client gone) needs nothing more: asyncpg sends
         PostgreSQL a cancel request and the connection's next statement waits for it
         (tests/test_lifecycle.py checks this)."""
+        record = await self._run(lambda connection: connection.fetchrow(sql, *args))
+        return None if record is None else dict(record.items())
+
+    async def _run(self, statement: Callable[[asyncpg.Connection[Any]], Awaitable[T]]) -> T:
+        """`statement` on a pooled connection, its connection failures as UNAVAILABLE."""
         try:
             connection = await self._pool.acquire()
         except Exception as exc:  # no connection to be had, whatever the server says why
             raise errors.unavailable() from exc
         try:
-            record = await connection.fetchrow(sql, *args)
+            return await statement(connection)
         except _CONNECTION_FAILURES as exc:
             raise errors.unavailable() from exc
         finally:
             await self._pool.release(connection)
-        return None if record is None else dict(record.items())
